@@ -1,0 +1,160 @@
+"""Command line: `run`, `check-config`, `probe`, `demo`. `main()` only returns an exit code.
+
+Exit codes: 0 healthy/valid, 1 probe failed or output not written, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from . import __version__, logs
+from . import config as config_mod
+from .errors import ConfigError
+from .metrics import render
+from .probe import probe
+from .report import render_text
+from .scheduler import Daemon, run_once
+
+DEFAULT_CONFIG = "/etc/textfile-probe/config.yml"
+log = logging.getLogger("textfile_probe")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textfile-probe",
+        description="Probe TLS endpoints; write node_exporter textfile metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"textfile-probe {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="probe on a schedule and write the .prom file")
+    run.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})"
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="run one cycle and exit (for cron); exit 1 if the file was not written",
+    )
+    run.add_argument(
+        "--log-level", choices=config_mod.LOG_LEVELS, help="override the config's log_level"
+    )
+
+    check = commands.add_parser(
+        "check-config", help="validate a config file and exit 0 (valid) or 2"
+    )
+    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+
+    one = commands.add_parser("probe", help="probe one endpoint and show its chain")
+    one.add_argument("address", help="host:port or [ipv6]:port")
+    one.add_argument("--server-name", help="SNI and the name verified (default: the host)")
+    one.add_argument(
+        "--ca-file", help="PEM bundle of trusted CAs (default: the system trust store)"
+    )
+    one.add_argument("--client-cert", help="PEM client certificate (mTLS)")
+    one.add_argument("--client-key", help="PEM client key (default: inside --client-cert)")
+    one.add_argument("--timeout", default="10s", help="e.g. 5s (default 10s)")
+    one.add_argument(
+        "--no-verify", action="store_true", help="report but do not require verification"
+    )
+    one.add_argument("--ip-protocol", choices=config_mod.IP_PROTOCOLS, default="auto")
+    one.add_argument("--min-version", help="TLS1.0 .. TLS1.3")
+    one.add_argument("--max-version", help="TLS1.0 .. TLS1.3")
+    one.add_argument("--format", choices=("text", "prom"), default="text")
+
+    demo = commands.add_parser(
+        "demo", help="run real probe cycles against local throwaway TLS endpoints"
+    )
+    demo.add_argument("--cycles", type=int, default=2)
+    demo.add_argument("--keep", metavar="DIR", help="write the demo's files into DIR and keep them")
+    return parser
+
+
+def _load(path: str) -> config_mod.Config | None:
+    try:
+        return config_mod.load(path)
+    except ConfigError as exc:
+        for message in exc.messages:
+            print(message, file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    print(f"{args.config}: ok, {len(config.targets)} targets, output {config.output}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    logs.setup(args.log_level or config.log_level)
+    if args.once:
+        return 0 if asyncio.run(run_once(config)) else 1
+    log.info(
+        "starting",
+        extra={"version": __version__, "config": args.config, "targets": len(config.targets)},
+    )
+    return asyncio.run(Daemon(config).run(args.config))
+
+
+def _probe(args: argparse.Namespace) -> int:
+    options = {
+        "address": args.address,
+        "timeout": args.timeout,
+        "verify": not args.no_verify,
+        "ip_protocol": args.ip_protocol,
+        "server_name": args.server_name,
+        "ca_file": args.ca_file and os.path.abspath(args.ca_file),
+        "client_cert": args.client_cert and os.path.abspath(args.client_cert),
+        "client_key": args.client_key and os.path.abspath(args.client_key),
+        "min_version": args.min_version,
+        "max_version": args.max_version,
+    }
+    entry = {key: value for key, value in options.items() if value is not None}
+    text = yaml.safe_dump({"interval": "1h", "targets": [entry]})
+    try:
+        config = config_mod.parse(text, "<command line>")
+    except ConfigError as exc:
+        for message in exc.messages:
+            print(message.replace("<command line>:2: targets[0].", "--"), file=sys.stderr)
+        return 2
+    result = asyncio.run(probe(config.targets[0]))
+    if args.format == "prom":
+        sys.stdout.write(render([result], None).decode())
+    else:
+        sys.stdout.write(render_text(result))
+    return 0 if result.success else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logs.setup("warning")
+    return run_demo(args.cycles, args.keep)
+
+
+_COMMANDS = {"run": _run, "check-config": _check, "probe": _probe, "demo": _demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help/--version
+        return int(exc.code or 0)
+    return _COMMANDS[args.command](args)
+
+
+def console() -> None:
+    """The console-script entry point."""
+    sys.exit(main())

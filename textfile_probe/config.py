@@ -1,0 +1,451 @@
+"""Configuration: YAML in, frozen validated dataclasses out.
+
+The YAML is composed into a node tree (not constructed into dicts) so that every error can name the
+file, the line and the YAML path of the bad field. All defaults live in `GLOBAL_DEFAULTS` and
+`TARGET_DEFAULTS`; a `defaults:` block in the file overrides the latter, a target overrides both.
+Errors are collected, not raised at the first one, so `check-config` shows them all at once.
+Loading reads only the config file and checks that named files are readable: no network.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_OUTPUT = "/var/lib/prometheus/node-exporter/textfile_probe.prom"
+
+
+class TlsVersion(enum.IntEnum):
+    """TLS protocol versions, ordered; the value is the wire version."""
+
+    TLS1_0 = 0x0301
+    TLS1_1 = 0x0302
+    TLS1_2 = 0x0303
+    TLS1_3 = 0x0304
+
+    @property
+    def label(self) -> str:
+        """The name blackbox_exporter uses in probe_tls_version_info, e.g. 'TLS 1.3'."""
+        return "TLS 1." + str(self.value - 0x0301)
+
+
+# Accepted spellings: ours ("TLS1.2") and blackbox_exporter's ("TLS12").
+_VERSION_NAMES = {
+    f"TLS1{sep}{minor}": TlsVersion(0x0301 + minor) for minor in range(4) for sep in (".", "")
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One TLS endpoint to probe, with every default already applied."""
+
+    name: str
+    host: str
+    port: int
+    server_name: str
+    verify: bool = True
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    timeout: float = 10.0
+    interval: float = 60.0
+    ip_protocol: str = "auto"
+    labels: tuple[tuple[str, str], ...] = ()
+    min_version: TlsVersion | None = None
+    max_version: TlsVersion | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: str = ""
+    output: str = DEFAULT_OUTPUT
+    interval: float = 60.0
+    timeout: float = 10.0
+    concurrency: int = 64
+    log_level: str = "info"
+    targets: tuple[Target, ...] = field(default_factory=tuple)
+
+
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "output": DEFAULT_OUTPUT,
+    "interval": 60.0,
+    "timeout": 10.0,
+    "concurrency": 64,
+    "log_level": "info",
+}
+
+TARGET_DEFAULTS: dict[str, Any] = {
+    "verify": True,
+    "ca_file": None,
+    "client_cert": None,
+    "client_key": None,
+    "ip_protocol": "auto",
+    "labels": {},
+    "min_version": None,
+    "max_version": None,
+}
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+IP_PROTOCOLS = ("auto", "ip4", "ip6")
+
+# Label names our own families use; a static label may not shadow them.
+RESERVED_LABELS = frozenset(
+    {
+        "target", "stage", "reason", "phase", "version", "cipher", "fingerprint_sha256",
+        "subject", "issuer", "subjectalternative", "serialnumber", "position", "subject_cn",
+        "issuer_cn", "serial", "result", "python", "openssl", "job", "instance",
+    }
+)  # fmt: skip
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+
+
+class _Errors:
+    """Collects located error messages for one file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.messages: list[str] = []
+
+    def add(self, node: yaml.Node, where: str, message: str) -> None:
+        self.messages.append(f"{self.path}:{node.start_mark.line + 1}: {where}: {message}")
+
+
+_constructor = yaml.SafeLoader("")
+
+
+def _scalar(node: yaml.Node) -> Any:
+    return (
+        _constructor.construct_object(node, deep=True)
+        if isinstance(node, yaml.ScalarNode)
+        else node
+    )
+
+
+def _mapping(node: yaml.Node, where: str, errors: _Errors) -> Iterator[tuple[str, yaml.Node]]:
+    """Yield (key, value node) pairs; report non-mappings and duplicate keys."""
+    if not isinstance(node, yaml.MappingNode):
+        errors.add(node, where, f"expected a mapping, got {_kind(node)}")
+        return
+    _constructor.flatten_mapping(node)
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        key = str(_scalar(key_node))
+        if key in seen:
+            errors.add(key_node, f"{where}.{key}".lstrip("."), "duplicate key")
+            continue
+        seen.add(key)
+        yield key, value_node
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        value = _scalar(node)
+        return "null" if value is None else f"{type(value).__name__} {value!r}"
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+
+
+# Field parsers: (node, where, errors, base_dir) -> value, or None after reporting an error.
+Parser = Callable[[yaml.Node, str, _Errors, Path], Any]
+
+
+def parse_duration(text: str) -> float:
+    """Parse '30s', '1m30s', '500ms', '2h' or a bare number of seconds into seconds."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or not match or not any(match.groups()):
+        raise ValueError(text)
+    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+def _duration(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> float | None:
+    value = _scalar(node)
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
+    except (ValueError, TypeError):
+        errors.add(node, where, f"expected a duration like 10s, 1m30s or 500ms, got {_kind(node)}")
+        return None
+    if seconds <= 0:
+        errors.add(node, where, f"expected a positive duration, got {_kind(node)}")
+        return None
+    return seconds
+
+
+def _typed(kind: type, what: str) -> Parser:
+    def parse(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> Any:
+        value = _scalar(node)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            errors.add(node, where, f"expected {what}, got {_kind(node)}")
+            return None
+        return value
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...]) -> Parser:
+    def parse(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> Any:
+        value = _scalar(node)
+        if value not in choices:
+            errors.add(node, where, f"expected one of {', '.join(choices)}, got {_kind(node)}")
+            return None
+        return value
+
+    return parse
+
+
+def _output(node: yaml.Node, where: str, errors: _Errors, base: Path) -> str | None:
+    value = _typed(str, "a file path")(node, where, errors, base)
+    if value is not None and not value.endswith(".prom"):
+        errors.add(
+            node,
+            where,
+            f"expected a file name ending in .prom (node_exporter reads only those), got {value!r}",
+        )
+        return None
+    return None if value is None else str(base / value)
+
+
+def _readable_file(node: yaml.Node, where: str, errors: _Errors, base: Path) -> str | None:
+    value = _typed(str, "a file path")(node, where, errors, base)
+    if value is None:
+        return None
+    path = base / value
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        errors.add(node, where, f"expected a readable file, got {str(path)!r}: {exc.strerror}")
+        return None
+    return str(path)
+
+
+def _tls_version(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> TlsVersion | None:
+    value = _scalar(node)
+    if value is None:
+        return None
+    version = _VERSION_NAMES.get(str(value).upper())
+    if version is None:
+        errors.add(
+            node, where, f"expected one of TLS1.0, TLS1.1, TLS1.2, TLS1.3, got {_kind(node)}"
+        )
+    return version
+
+
+def _labels(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for key, value_node in _mapping(node, where, errors):
+        value = _scalar(value_node)
+        if not _LABEL_NAME.match(key) or key.startswith("__"):
+            errors.add(
+                value_node,
+                f"{where}.{key}",
+                "expected a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)",
+            )
+        elif key in RESERVED_LABELS:
+            errors.add(
+                value_node,
+                f"{where}.{key}",
+                "this label name is used by textfile-probe's own series; choose another",
+            )
+        elif not isinstance(value, str | int | float | bool):
+            errors.add(value_node, f"{where}.{key}", f"expected a string, got {_kind(value_node)}")
+        else:
+            labels[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return labels
+
+
+def _address(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> tuple[str, int] | None:
+    value = _scalar(node)
+    text = str(value) if isinstance(value, str) else ""
+    match = re.match(r"^(?:\[([0-9A-Fa-f:.%\w]+)\]|([^\[\]:\s]+)):(\d{1,5})$", text)
+    port = int(match.group(3)) if match else 0
+    if not match or not 1 <= port <= 65535:
+        errors.add(
+            node,
+            where,
+            f"expected host:port or [ipv6]:port with a port from 1 to 65535, got {_kind(node)}",
+        )
+        return None
+    host = match.group(1) or match.group(2)
+    if match.group(1):
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            errors.add(node, where, f"expected an IPv6 address inside [], got {host!r}")
+            return None
+    return host, port
+
+
+_GLOBAL_PARSERS: dict[str, Parser] = {
+    "output": _output,
+    "interval": _duration,
+    "timeout": _duration,
+    "concurrency": _typed(int, "a whole number"),
+    "log_level": _choice(LOG_LEVELS),
+}
+
+_DEFAULTS_PARSERS: dict[str, Parser] = {
+    "verify": _typed(bool, "true or false"),
+    "ca_file": _readable_file,
+    "client_cert": _readable_file,
+    "client_key": _readable_file,
+    "ip_protocol": _choice(IP_PROTOCOLS),
+    "labels": _labels,
+    "min_version": _tls_version,
+    "max_version": _tls_version,
+}
+
+_TARGET_PARSERS: dict[str, Parser] = {
+    "address": _address,
+    "name": _typed(str, "a non-empty string"),
+    "server_name": _typed(str, "a host name"),
+    "timeout": _duration,
+    "interval": _duration,
+    **_DEFAULTS_PARSERS,
+}
+
+
+def _fields(
+    node: yaml.Node, where: str, parsers: dict[str, Parser], errors: _Errors, base: Path
+) -> tuple[dict[str, Any], dict[str, yaml.Node]]:
+    """Parse a mapping with a fixed set of keys; return values and their nodes (for locations)."""
+    values: dict[str, Any] = {}
+    nodes: dict[str, yaml.Node] = {}
+    for key, value_node in _mapping(node, where, errors):
+        path = f"{where}.{key}" if where else key
+        parser = parsers.get(key)
+        if parser is None:
+            errors.add(
+                value_node, path, f"unknown key; expected one of {', '.join(sorted(parsers))}"
+            )
+            continue
+        value = parser(value_node, path, errors, base)
+        if value is not None:
+            values[key] = value
+            nodes[key] = value_node
+    return values, nodes
+
+
+def _target(
+    node: yaml.Node, where: str, common: dict[str, Any], errors: _Errors, base: Path
+) -> Target | None:
+    values, nodes = _fields(node, where, _TARGET_PARSERS, errors, base)
+    if "address" not in values:
+        given = isinstance(node, yaml.MappingNode) and any(
+            _scalar(k) == "address" for k, _ in node.value
+        )
+        if isinstance(node, yaml.MappingNode) and not given:
+            errors.add(node, where, "missing required key 'address' (host:port)")
+        return None
+    merged = {**common, **values}
+    host, port = merged.pop("address")
+    if "client_key" in merged and "client_cert" not in merged:
+        errors.add(
+            nodes.get("client_key", node), f"{where}.client_key", "client_key needs client_cert"
+        )
+    if merged["timeout"] > merged["interval"]:
+        errors.add(
+            nodes.get("timeout", node),
+            f"{where}.timeout",
+            f"expected a timeout no longer than the interval ({merged['interval']:g}s)",
+        )
+    lo, hi = merged.get("min_version"), merged.get("max_version")
+    if lo is not None and hi is not None and lo > hi:
+        errors.add(
+            nodes.get("max_version", node),
+            f"{where}.max_version",
+            "expected max_version >= min_version",
+        )
+    name = merged.pop("name", None)
+    address = Target(name="", host=host, port=port, server_name=host).address
+    return Target(
+        name=name or address,
+        host=host,
+        port=port,
+        server_name=merged.pop("server_name", host),
+        labels=tuple(sorted(merged.pop("labels").items())),
+        **merged,
+    )
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    """Validate YAML text into a Config; raise ConfigError listing every problem found."""
+    errors = _Errors(path)
+    base = Path(path).parent if path != "<config>" else Path.cwd()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if root is None:
+        raise ConfigError([f"{path}: the file is empty; expected a mapping with 'targets'"])
+
+    top_parsers: dict[str, Parser] = {
+        **_GLOBAL_PARSERS,
+        "defaults": lambda n, w, e, b: n,
+        "targets": lambda n, w, e, b: n,
+    }
+    values, _ = _fields(root, "", top_parsers, errors, base)
+    settings = {**GLOBAL_DEFAULTS, **{k: v for k, v in values.items() if k in _GLOBAL_PARSERS}}
+    if not 1 <= settings["concurrency"] <= 100_000:
+        errors.add(root, "concurrency", "expected a whole number from 1 to 100000")
+
+    common = {**TARGET_DEFAULTS, "timeout": settings["timeout"], "interval": settings["interval"]}
+    if "defaults" in values:
+        defaults, _ = _fields(values["defaults"], "defaults", _DEFAULTS_PARSERS, errors, base)
+        common.update(defaults)
+
+    targets: list[Target] = []
+    first_seen: dict[str, int] = {}
+    targets_node = values.get("targets")
+    if targets_node is not None and not isinstance(targets_node, yaml.SequenceNode):
+        errors.add(
+            targets_node, "targets", f"expected a list of targets, got {_kind(targets_node)}"
+        )
+    elif targets_node is not None:
+        for index, item in enumerate(targets_node.value):
+            target = _target(item, f"targets[{index}]", common, errors, base)
+            if target is None:
+                continue
+            if target.name in first_seen:
+                errors.add(
+                    item,
+                    f"targets[{index}].name",
+                    f"duplicate target name {target.name!r} (first at line {first_seen[target.name]})",
+                )
+                continue
+            first_seen[target.name] = item.start_mark.line + 1
+            targets.append(target)
+
+    if errors.messages:
+        raise ConfigError(errors.messages)
+    return Config(path=path, targets=tuple(targets), **settings)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc}"]) from None
+    return parse(text, str(path))

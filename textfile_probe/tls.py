@@ -1,0 +1,221 @@
+"""The TLS client: pyOpenSSL driven through memory BIOs over a non-blocking asyncio socket.
+
+Why this engine (measured, see docs/design.md): OpenSSL from the cryptography wheel costs less CPU
+per handshake than the stdlib `ssl` on the system OpenSSL, pyOpenSSL returns the chain exactly as
+the server sent it on every Python, and a TLS object over memory BIOs needs far less memory per
+connection than asyncio's TLS transport.
+
+Verification runs inside the handshake but never aborts it: the verify callback records every
+(depth, error) OpenSSL reports and accepts, so the chain and its expiry are known even when it is
+untrusted, expired or for another host. The probe decides afterwards what the errors mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+from .ciphers import iana_name
+from .config import Target, TlsVersion
+from .errors import ProbeError, Stage
+
+_READ_SIZE = 16384
+
+_OPENSSL_VERSIONS = {
+    TlsVersion.TLS1_0: SSL.TLS1_VERSION,
+    TlsVersion.TLS1_1: SSL.TLS1_1_VERSION,
+    TlsVersion.TLS1_2: SSL.TLS1_2_VERSION,
+    TlsVersion.TLS1_3: SSL.TLS1_3_VERSION,
+}
+_VERSION_BY_NAME = {f"TLSv1.{v.value - 0x0301}": v for v in TlsVersion} | {
+    "TLSv1": TlsVersion.TLS1_0
+}
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The parts of a target that shape its SSL context; targets that share them share a context."""
+
+    ca_file: str | None
+    client_cert: str | None
+    client_key: str | None
+    min_version: TlsVersion | None
+    max_version: TlsVersion | None
+
+    @classmethod
+    def of(cls, target: Target) -> TlsSettings:
+        return cls(
+            target.ca_file,
+            target.client_cert,
+            target.client_key,
+            target.min_version,
+            target.max_version,
+        )
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What one completed handshake told us."""
+
+    version: TlsVersion | None
+    cipher: str
+    peer_chain: tuple[bytes, ...]  # DER, in the order the server sent them
+    verified_chain: tuple[bytes, ...]  # DER, leaf to trust anchor; empty unless verification passed
+    verify_errors: tuple[int, ...]  # X509_V_ERR_* codes, in the order OpenSSL reported them
+
+
+def _record_verify_error(
+    conn: SSL.Connection, _cert: crypto.X509, code: int, _depth: int, _ok: int
+) -> bool:
+    if code:
+        conn.get_app_data().append(code)
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def context_for(settings: TlsSettings) -> SSL.Context:
+    """Build (once per distinct settings) the client context; raises ProbeError(setup) on bad files."""
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+    # Probing must see what old servers offer, so allow what OpenSSL can still speak.
+    ctx.set_cipher_list(b"ALL:@SECLEVEL=0")
+    ctx.set_min_proto_version(_OPENSSL_VERSIONS[settings.min_version or TlsVersion.TLS1_0])
+    if settings.max_version:
+        ctx.set_max_proto_version(_OPENSSL_VERSIONS[settings.max_version])
+    try:
+        if settings.ca_file:
+            ctx.load_verify_locations(settings.ca_file)
+        else:
+            ctx.set_default_verify_paths()
+    except SSL.Error as exc:
+        raise ProbeError(Stage.SETUP, "bad_ca_file", str(exc)) from None
+    if settings.client_cert:
+        try:
+            ctx.use_certificate_chain_file(settings.client_cert)
+            ctx.use_privatekey_file(settings.client_key or settings.client_cert)
+            ctx.check_privatekey()
+        except SSL.Error as exc:
+            raise ProbeError(Stage.SETUP, "bad_client_cert", str(exc)) from None
+    return ctx
+
+
+def _expect_name(conn: SSL.Connection, server_name: str) -> None:
+    """Ask OpenSSL to check the certificate against server_name (DNS name or IP address)."""
+    # pyOpenSSL has no public call for this; it is what CPython's ssl module does in C.
+    param = _lib.SSL_get0_param(conn._ssl)
+    try:
+        packed = ipaddress.ip_address(server_name).packed
+    except ValueError:
+        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+        name = server_name.encode("idna") if not server_name.isascii() else server_name.encode()
+        ok = _lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))
+    else:
+        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, _ffi.from_buffer(packed), len(packed))
+    if ok != 1:
+        raise ProbeError(Stage.SETUP, "bad_server_name", server_name)
+
+
+def new_connection(ctx: SSL.Context, server_name: str) -> SSL.Connection:
+    conn = SSL.Connection(ctx, None)
+    conn.set_app_data([])
+    conn.set_connect_state()
+    if not _is_ip(server_name):
+        conn.set_tlsext_host_name(server_name.encode("idna"))
+    _expect_name(conn, server_name)
+    return conn
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+async def _flush(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection
+) -> None:
+    while True:
+        try:
+            data = conn.bio_read(_READ_SIZE)
+        except SSL.WantReadError:
+            return
+        await loop.sock_sendall(sock, data)
+
+
+async def _receive(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection
+) -> bool:
+    data = await loop.sock_recv(sock, _READ_SIZE)
+    if data:
+        conn.bio_write(data)
+    return bool(data)
+
+
+async def handshake(sock: socket.socket, conn: SSL.Connection) -> Handshake:
+    """Run the handshake over a connected non-blocking socket; raise SSL.Error/OSError/ProbeError."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn.do_handshake()
+            break
+        except SSL.WantReadError:
+            await _flush(loop, sock, conn)
+            if not await _receive(loop, sock, conn):
+                raise ProbeError(Stage.HANDSHAKE, "closed", "peer closed the connection") from None
+    await _flush(loop, sock, conn)
+    return _describe(conn)
+
+
+async def confirm(sock: socket.socket, conn: SSL.Connection, wait: float) -> None:
+    """Close politely and watch for a late rejection of our client certificate.
+
+    In TLS 1.3 the server checks the client's certificate only after the client's Finished, so
+    a rejection (or a missing certificate) arrives after the client believes the handshake is done.
+    We send close_notify and read until the peer closes; an alert raises SSL.Error. A peer that
+    stays silent for `wait` seconds or resets is taken as accepting: the handshake completed.
+    """
+    if conn.get_protocol_version_name() != "TLSv1.3" or wait <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    conn.shutdown()
+    await _flush(loop, sock, conn)
+    try:
+        await asyncio.wait_for(_drain(loop, sock, conn), wait)
+    except (TimeoutError, asyncio.TimeoutError, ConnectionResetError):
+        return
+
+
+async def _drain(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection
+) -> None:
+    while await _receive(loop, sock, conn):
+        try:
+            conn.recv(_READ_SIZE)
+        except SSL.WantReadError:
+            continue
+        except SSL.ZeroReturnError:
+            return
+
+
+def _describe(conn: SSL.Connection) -> Handshake:
+    errors = tuple(conn.get_app_data())
+    peer = conn.get_peer_cert_chain() or []
+    verified = (conn.get_verified_chain() or []) if not errors else []
+    return Handshake(
+        version=_VERSION_BY_NAME.get(conn.get_protocol_version_name()),
+        cipher=iana_name(conn.get_cipher_name() or ""),
+        peer_chain=tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in peer),
+        verified_chain=tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in verified),
+        verify_errors=errors,
+    )

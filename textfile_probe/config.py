@@ -358,7 +358,7 @@ def _target(
         return None
     merged = {**common, **values}
     host, port = merged.pop("address")
-    if "client_key" in merged and "client_cert" not in merged:
+    if merged.get("client_key") and not merged.get("client_cert"):
         errors.add(
             nodes.get("client_key", node), f"{where}.client_key", "client_key needs client_cert"
         )

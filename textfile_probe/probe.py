@@ -51,6 +51,7 @@ class _Progress:
     phases: dict[str, float] = field(default_factory=dict)
     ip_protocol: int | None = None
     handshake: tls.Handshake | None = None
+    confirming: bool = False  # the handshake is done; a timeout now is not a failure
 
 
 async def probe(target: Target) -> ProbeResult:
@@ -95,10 +96,15 @@ async def _run(target: Target, progress: _Progress) -> None:
         progress.phases["connect"] = time.perf_counter() - started
 
         progress.stage = Stage.HANDSHAKE
-        conn = tls.new_connection(ctx, target.server_name)
+        conn = tls.new_connection(ctx, target.server_name, have_cert=target.client_cert is not None)
         started = time.perf_counter()
-        progress.handshake = await tls.handshake(sock, conn)
+        try:
+            progress.handshake = await tls.handshake(sock, conn)
+        except tls.HandshakeError as exc:
+            progress.handshake = exc.partial
+            raise
         progress.phases["handshake"] = time.perf_counter() - started
+        progress.confirming = True
         await tls.confirm(sock, conn, CONFIRM_WAIT)
 
 

@@ -16,7 +16,7 @@ import asyncio
 import functools
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
@@ -24,7 +24,7 @@ from OpenSSL._util import lib as _lib
 
 from .ciphers import iana_name
 from .config import Target, TlsVersion
-from .errors import ProbeError, Stage
+from .errors import ProbeError, Stage, tls_reason
 
 _READ_SIZE = 16384
 
@@ -62,7 +62,7 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class Handshake:
-    """What one completed handshake told us."""
+    """What a handshake told us; after a failure, what it told us before failing."""
 
     version: TlsVersion | None
     cipher: str
@@ -71,12 +71,33 @@ class Handshake:
     verify_errors: tuple[int, ...]  # X509_V_ERR_* codes, in the order OpenSSL reported them
 
 
-def _record_verify_error(
-    conn: SSL.Connection, _cert: crypto.X509, code: int, _depth: int, _ok: int
-) -> bool:
+class HandshakeError(ProbeError):
+    """The handshake failed; `partial` keeps the certificates received before it did."""
+
+    def __init__(self, reason: str, detail: str, partial: Handshake) -> None:
+        super().__init__(Stage.HANDSHAKE, reason, detail)
+        self.partial = partial
+
+
+@dataclass
+class _State:
+    """Per-connection notes taken by OpenSSL callbacks."""
+
+    have_cert: bool
+    verify_errors: list[int] = field(default_factory=list)
+    cert_requested: bool = False
+
+
+def _record_verify_error(conn: SSL.Connection, _cert: crypto.X509, code: int, _depth: int, _ok: int) -> bool:
     if code:
-        conn.get_app_data().append(code)
+        conn.get_app_data().verify_errors.append(code)
     return True
+
+
+def _note_state(conn: SSL.Connection, where: int, _ret: int) -> None:
+    # The only way pyOpenSSL lets a client learn that the server asked for a certificate.
+    if where & SSL.SSL_CB_CONNECT_LOOP and conn.get_state_string().endswith(b"certificate request"):
+        conn.get_app_data().cert_requested = True
 
 
 @functools.lru_cache(maxsize=256)
@@ -124,9 +145,11 @@ def _expect_name(conn: SSL.Connection, server_name: str) -> None:
         raise ProbeError(Stage.SETUP, "bad_server_name", server_name)
 
 
-def new_connection(ctx: SSL.Context, server_name: str) -> SSL.Connection:
+def new_connection(ctx: SSL.Context, server_name: str, have_cert: bool) -> SSL.Connection:
+    """A client TLS object over memory BIOs, set up to send SNI and check `server_name`."""
     conn = SSL.Connection(ctx, None)
-    conn.set_app_data([])
+    conn.set_app_data(_State(have_cert))
+    conn.set_info_callback(_note_state)
     conn.set_connect_state()
     if not _is_ip(server_name):
         conn.set_tlsext_host_name(server_name.encode("idna"))
@@ -163,53 +186,65 @@ async def _receive(
 
 
 async def handshake(sock: socket.socket, conn: SSL.Connection) -> Handshake:
-    """Run the handshake over a connected non-blocking socket; raise SSL.Error/OSError/ProbeError."""
+    """Run the handshake over a connected non-blocking socket; raise HandshakeError/OSError."""
     loop = asyncio.get_running_loop()
-    while True:
-        try:
-            conn.do_handshake()
-            break
-        except SSL.WantReadError:
-            await _flush(loop, sock, conn)
-            if not await _receive(loop, sock, conn):
-                raise ProbeError(Stage.HANDSHAKE, "closed", "peer closed the connection") from None
+    try:
+        while True:
+            try:
+                conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                await _flush(loop, sock, conn)
+                if not await _receive(loop, sock, conn):
+                    raise HandshakeError("closed", "peer closed the connection", _describe(conn)) from None
+    except SSL.Error as exc:
+        reason = tls_reason(str(exc))
+        if _turned_away(conn, reason):
+            reason = "client_cert_required"
+        raise HandshakeError(reason, str(exc), _describe(conn)) from None
+    except ConnectionResetError as exc:
+        reason = "client_cert_required" if _turned_away(conn, "reset") else "reset"
+        raise HandshakeError(reason, str(exc), _describe(conn)) from None
     await _flush(loop, sock, conn)
     return _describe(conn)
 
 
-async def confirm(sock: socket.socket, conn: SSL.Connection, wait: float) -> None:
-    """Close politely and watch for a late rejection of our client certificate.
+def _turned_away(conn: SSL.Connection, reason: str) -> bool:
+    """Did a server that asked for a client certificate end the handshake because we had none?"""
+    state: _State = conn.get_app_data()
+    return reason in ("handshake_failure", "closed", "reset") and state.cert_requested and not state.have_cert
 
-    In TLS 1.3 the server checks the client's certificate only after the client's Finished, so
-    a rejection (or a missing certificate) arrives after the client believes the handshake is done.
-    We send close_notify and read until the peer closes; an alert raises SSL.Error. A peer that
-    stays silent for `wait` seconds or resets is taken as accepting: the handshake completed.
+
+async def confirm(sock: socket.socket, conn: SSL.Connection, wait: float) -> None:
+    """Wait for the server's verdict on our client certificate, when TLS 1.3 defers it.
+
+    In TLS 1.3 a server checks the client's certificate only after the client's Finished, so a
+    rejection arrives after the client believes the handshake is done. When the server asked for
+    a certificate we read its next record: an alert raises SSL.Error; anything else (a session
+    ticket, data) or `wait` seconds of silence means it accepted us.
     """
-    if conn.get_protocol_version_name() != "TLSv1.3" or wait <= 0:
+    if conn.get_protocol_version_name() != "TLSv1.3" or not conn.get_app_data().cert_requested:
         return
     loop = asyncio.get_running_loop()
-    conn.shutdown()
-    await _flush(loop, sock, conn)
     try:
-        await asyncio.wait_for(_drain(loop, sock, conn), wait)
-    except (TimeoutError, asyncio.TimeoutError, ConnectionResetError):
+        await asyncio.wait_for(_verdict(loop, sock, conn), wait)
+    except (TimeoutError, asyncio.TimeoutError):
         return
+    except ConnectionResetError as exc:
+        reason = "client_cert_required" if _turned_away(conn, "reset") else "client_cert_rejected"
+        raise ProbeError(Stage.HANDSHAKE, reason, str(exc)) from None
 
 
-async def _drain(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection
-) -> None:
-    while await _receive(loop, sock, conn):
+async def _verdict(loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection) -> None:
+    if await _receive(loop, sock, conn):
         try:
             conn.recv(_READ_SIZE)
-        except SSL.WantReadError:
-            continue
-        except SSL.ZeroReturnError:
-            return
+        except (SSL.WantReadError, SSL.ZeroReturnError):
+            pass
 
 
 def _describe(conn: SSL.Connection) -> Handshake:
-    errors = tuple(conn.get_app_data())
+    errors = tuple(conn.get_app_data().verify_errors)
     peer = conn.get_peer_cert_chain() or []
     verified = (conn.get_verified_chain() or []) if not errors else []
     return Handshake(

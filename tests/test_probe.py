@@ -145,7 +145,11 @@ def test_untrusted_ca_with_system_store(pki: Pki) -> None:
     ],
 )
 def test_tls12_and_tls13_only_servers(
-    pki: Pki, trust: str, server_versions: tuple[ssl.TLSVersion, ssl.TLSVersion], expected: TlsVersion, cipher_prefix: str
+    pki: Pki,
+    trust: str,
+    server_versions: tuple[ssl.TLSVersion, ssl.TLSVersion],
+    expected: TlsVersion,
+    cipher_prefix: str,
 ) -> None:
     leaf = pki.leaf()
     low, high = server_versions
@@ -168,14 +172,20 @@ def test_version_mismatch_is_a_handshake_failure(pki: Pki, trust: str) -> None:
 def client_files(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     directory = tmp_path_factory.mktemp("client")
     client = pki.leaf("probe-client", dns=(), ips=(), client=True)
-    return str(write_pem(directory / "client.pem", client, pki.intermediate)), str(write_key(directory / "k.pem", client))
+    return str(write_pem(directory / "client.pem", client, pki.intermediate)), str(
+        write_key(directory / "k.pem", client)
+    )
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
-def test_server_requiring_client_cert(pki: Pki, trust: str, client_files: tuple[str, str], version: ssl.TLSVersion) -> None:
+def test_server_requiring_client_cert(
+    pki: Pki, trust: str, client_files: tuple[str, str], version: ssl.TLSVersion
+) -> None:
     leaf = pki.leaf()
     cert, key = client_files
-    with TlsServer(pki.chain_for(leaf), leaf.key, client_ca=[pki.root.cert], min_version=version, max_version=version) as server:
+    with TlsServer(
+        pki.chain_for(leaf), leaf.key, client_ca=[pki.root.cert], min_version=version, max_version=version
+    ) as server:
         without = run(target(server.address, trust))
         with_cert = run(target(server.address, trust, client_cert=cert, client_key=key))
     assert with_cert.success, with_cert
@@ -271,13 +281,18 @@ def test_hostile_subject_is_carried_verbatim(pki: Pki, trust: str) -> None:
 def test_a_dead_target_does_not_delay_the_others(pki: Pki, trust: str, tmp_path: Path) -> None:
     leaf: Issued = pki.leaf()
     with TlsServer(pki.chain_for(leaf), leaf.key) as server, Tarpit() as tarpit:
-        dead = [Target(name=f"dead{i}", host="127.0.0.1", port=tarpit.port, server_name="localhost", timeout=1.0) for i in range(6)]
+        dead = [
+            Target(name=f"dead{i}", host="127.0.0.1", port=tarpit.port, server_name="localhost", timeout=1.0)
+            for i in range(6)
+        ]
         live = [target(server.address, trust, name=f"live{i}") for i in range(4)]
         config = Config(output=str(tmp_path / "out.prom"), concurrency=16, targets=tuple(dead + live))
         daemon = Daemon(config)
         started = time.monotonic()
         assert asyncio.run(daemon.cycle(config.targets))
         elapsed = time.monotonic() - started
-    assert {n: r.success for n, r in daemon.results.items()} == {t.name: t.name.startswith("live") for t in config.targets}
+    assert {n: r.success for n, r in daemon.results.items()} == {
+        t.name: t.name.startswith("live") for t in config.targets
+    }
     # Six 1-second timeouts in parallel: about one timeout, far from the six-second sum.
     assert elapsed < 3.0

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -35,43 +36,31 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="probe on a schedule and write the .prom file")
-    run.add_argument(
-        "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})"
-    )
+    run.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     run.add_argument(
         "--once",
         action="store_true",
         help="run one cycle and exit (for cron); exit 1 if the file was not written",
     )
-    run.add_argument(
-        "--log-level", choices=config_mod.LOG_LEVELS, help="override the config's log_level"
-    )
+    run.add_argument("--log-level", choices=config_mod.LOG_LEVELS, help="override the config's log_level")
 
-    check = commands.add_parser(
-        "check-config", help="validate a config file and exit 0 (valid) or 2"
-    )
+    check = commands.add_parser("check-config", help="validate a config file and exit 0 (valid) or 2")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
 
     one = commands.add_parser("probe", help="probe one endpoint and show its chain")
     one.add_argument("address", help="host:port or [ipv6]:port")
     one.add_argument("--server-name", help="SNI and the name verified (default: the host)")
-    one.add_argument(
-        "--ca-file", help="PEM bundle of trusted CAs (default: the system trust store)"
-    )
+    one.add_argument("--ca-file", help="PEM bundle of trusted CAs (default: the system trust store)")
     one.add_argument("--client-cert", help="PEM client certificate (mTLS)")
     one.add_argument("--client-key", help="PEM client key (default: inside --client-cert)")
     one.add_argument("--timeout", default="10s", help="e.g. 5s (default 10s)")
-    one.add_argument(
-        "--no-verify", action="store_true", help="report but do not require verification"
-    )
+    one.add_argument("--no-verify", action="store_true", help="report but do not require verification")
     one.add_argument("--ip-protocol", choices=config_mod.IP_PROTOCOLS, default="auto")
     one.add_argument("--min-version", help="TLS1.0 .. TLS1.3")
     one.add_argument("--max-version", help="TLS1.0 .. TLS1.3")
     one.add_argument("--format", choices=("text", "prom"), default="text")
 
-    demo = commands.add_parser(
-        "demo", help="run real probe cycles against local throwaway TLS endpoints"
-    )
+    demo = commands.add_parser("demo", help="run real probe cycles against local throwaway TLS endpoints")
     demo.add_argument("--cycles", type=int, default=2)
     demo.add_argument("--keep", metavar="DIR", help="write the demo's files into DIR and keep them")
     return parser
@@ -127,7 +116,8 @@ def _probe(args: argparse.Namespace) -> int:
         config = config_mod.parse(text, "<command line>")
     except ConfigError as exc:
         for message in exc.messages:
-            print(message.replace("<command line>:2: targets[0].", "--"), file=sys.stderr)
+            flag = re.sub(r"^<command line>:\d+: targets\[0\]\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), message)
+            print(flag, file=sys.stderr)
         return 2
     result = asyncio.run(probe(config.targets[0]))
     if args.format == "prom":

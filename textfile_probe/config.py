@@ -40,9 +40,7 @@ class TlsVersion(enum.IntEnum):
 
 
 # Accepted spellings: ours ("TLS1.2") and blackbox_exporter's ("TLS12").
-_VERSION_NAMES = {
-    f"TLS1{sep}{minor}": TlsVersion(0x0301 + minor) for minor in range(4) for sep in (".", "")
-}
+_VERSION_NAMES = {f"TLS1{sep}{minor}": TlsVersion(0x0301 + minor) for minor in range(4) for sep in (".", "")}
 
 
 @dataclass(frozen=True)
@@ -132,11 +130,7 @@ _constructor = yaml.SafeLoader("")
 
 
 def _scalar(node: yaml.Node) -> Any:
-    return (
-        _constructor.construct_object(node, deep=True)
-        if isinstance(node, yaml.ScalarNode)
-        else node
-    )
+    return _constructor.construct_object(node, deep=True) if isinstance(node, yaml.ScalarNode) else node
 
 
 def _mapping(node: yaml.Node, where: str, errors: _Errors) -> Iterator[tuple[str, yaml.Node]]:
@@ -244,9 +238,7 @@ def _tls_version(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> T
         return None
     version = _VERSION_NAMES.get(str(value).upper())
     if version is None:
-        errors.add(
-            node, where, f"expected one of TLS1.0, TLS1.1, TLS1.2, TLS1.3, got {_kind(node)}"
-        )
+        errors.add(node, where, f"expected one of TLS1.0, TLS1.1, TLS1.2, TLS1.3, got {_kind(node)}")
     return version
 
 
@@ -334,9 +326,7 @@ def _fields(
         path = f"{where}.{key}" if where else key
         parser = parsers.get(key)
         if parser is None:
-            errors.add(
-                value_node, path, f"unknown key; expected one of {', '.join(sorted(parsers))}"
-            )
+            errors.add(value_node, path, f"unknown key; expected one of {', '.join(sorted(parsers))}")
             continue
         value = parser(value_node, path, errors, base)
         if value is not None:
@@ -345,23 +335,17 @@ def _fields(
     return values, nodes
 
 
-def _target(
-    node: yaml.Node, where: str, common: dict[str, Any], errors: _Errors, base: Path
-) -> Target | None:
+def _target(node: yaml.Node, where: str, common: dict[str, Any], errors: _Errors, base: Path) -> Target | None:
     values, nodes = _fields(node, where, _TARGET_PARSERS, errors, base)
     if "address" not in values:
-        given = isinstance(node, yaml.MappingNode) and any(
-            _scalar(k) == "address" for k, _ in node.value
-        )
+        given = isinstance(node, yaml.MappingNode) and any(_scalar(k) == "address" for k, _ in node.value)
         if isinstance(node, yaml.MappingNode) and not given:
             errors.add(node, where, "missing required key 'address' (host:port)")
         return None
     merged = {**common, **values}
     host, port = merged.pop("address")
     if merged.get("client_key") and not merged.get("client_cert"):
-        errors.add(
-            nodes.get("client_key", node), f"{where}.client_key", "client_key needs client_cert"
-        )
+        errors.add(nodes.get("client_key", node), f"{where}.client_key", "client_key needs client_cert")
     if merged["timeout"] > merged["interval"]:
         errors.add(
             nodes.get("timeout", node),
@@ -419,9 +403,7 @@ def parse(text: str, path: str = "<config>") -> Config:
     first_seen: dict[str, int] = {}
     targets_node = values.get("targets")
     if targets_node is not None and not isinstance(targets_node, yaml.SequenceNode):
-        errors.add(
-            targets_node, "targets", f"expected a list of targets, got {_kind(targets_node)}"
-        )
+        errors.add(targets_node, "targets", f"expected a list of targets, got {_kind(targets_node)}")
     elif targets_node is not None:
         for index, item in enumerate(targets_node.value):
             target = _target(item, f"targets[{index}]", common, errors, base)

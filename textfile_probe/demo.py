@@ -25,9 +25,7 @@ from .scheduler import Daemon
 _Key = ec.EllipticCurvePrivateKey
 
 
-def _certificate(
-    cn: str, key: _Key, issuer: tuple[x509.Name, _Key] | None, days: tuple[int, int]
-) -> x509.Certificate:
+def _certificate(cn: str, key: _Key, issuer: tuple[x509.Name, _Key] | None, days: tuple[int, int]) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     issuer_name, signer = issuer or (name, key)
@@ -61,9 +59,7 @@ def _pem(*items: x509.Certificate | _Key) -> bytes:
     return out
 
 
-def _server_context(
-    directory: Path, name: str, cert: x509.Certificate, key: _Key
-) -> ssl.SSLContext:
+def _server_context(directory: Path, name: str, cert: x509.Certificate, key: _Key) -> ssl.SSLContext:
     path = directory / f"{name}.pem"
     path.write_bytes(_pem(cert, key))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -116,10 +112,7 @@ targets:
                 raise SystemExit("demo: could not write the output file")
             print(
                 f"cycle {number + 1}: "
-                + ", ".join(
-                    f"{r.target.name}={'ok' if r.success else r.reason}"
-                    for r in daemon.current_results()
-                )
+                + ", ".join(f"{r.target.name}={'ok' if r.success else r.reason}" for r in daemon.current_results())
             )
     finally:
         for server in servers:
@@ -133,9 +126,7 @@ def run_demo(cycles: int = 2, keep: str | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="textfile-probe-demo-") as tmp:
         directory = Path(keep) if keep else Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
-        print(
-            f"demo: serving a valid and an expired certificate on 127.0.0.1; files in {directory}"
-        )
+        print(f"demo: serving a valid and an expired certificate on 127.0.0.1; files in {directory}")
         text = asyncio.run(_demo(directory, cycles))
         print(f"\n--- {directory / 'textfile_probe.prom'} ---")
         print(text, end="")

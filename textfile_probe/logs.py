@@ -19,9 +19,7 @@ def _quote(value: Any) -> str:
     text = str(value)
     if text and not any(c in text for c in ' ="\\\n\r\t') and text.isprintable():
         return text
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return '"' + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped) + '"'
 
 
@@ -33,9 +31,7 @@ class LogfmtFormatter(logging.Formatter):
             f"level={record.levelname.lower()}",
             f"msg={_quote(record.getMessage())}",
         ]
-        fields += [
-            f"{key}={_quote(value)}" for key, value in vars(record).items() if key not in _STANDARD
-        ]
+        fields += [f"{key}={_quote(value)}" for key, value in vars(record).items() if key not in _STANDARD]
         if record.exc_info:
             fields.append(f"exc={_quote(self.formatException(record.exc_info))}")
         return " ".join(fields)

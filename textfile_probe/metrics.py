@@ -126,9 +126,7 @@ def _chain_samples(out: _Families, base: dict[str, str], result: ProbeResult) ->
     }
     out.add("probe_ssl_last_chain_info", {**base, **leaf_labels}, 1.0)
     ok = result.verify_result == "ok"
-    out.add(
-        f"{NS}_verify_success", {**base, "reason": result.verify_result or ""}, 1.0 if ok else 0.0
-    )
+    out.add(f"{NS}_verify_success", {**base, "reason": result.verify_result or ""}, 1.0 if ok else 0.0)
     for position, cert in enumerate(chain):
         labels = {
             **base,
@@ -142,9 +140,7 @@ def _chain_samples(out: _Families, base: dict[str, str], result: ProbeResult) ->
         out.add(f"{NS}_cert_not_before_timestamp_seconds", labels, cert.not_before)
 
 
-def _health_samples(
-    out: _Families, results: Sequence[ProbeResult], health: Health, targets: int
-) -> None:
+def _health_samples(out: _Families, results: Sequence[ProbeResult], health: Health, targets: int) -> None:
     out.add(f"{NS}_cycle_duration_seconds", {}, health.cycle_duration)
     out.add(f"{NS}_last_cycle_timestamp_seconds", {}, health.last_cycle_end)
     out.add(f"{NS}_targets", {}, float(targets))
@@ -159,9 +155,7 @@ def _health_samples(
     out.add(f"{NS}_build_info", build, 1.0)
 
 
-def families(
-    results: Iterable[ProbeResult], health: Health | None, targets: int | None = None
-) -> list[Metric]:
+def families(results: Iterable[ProbeResult], health: Health | None, targets: int | None = None) -> list[Metric]:
     """All metric families for these results (ordered as given) and the daemon's health."""
     out = _Families()
     results = list(results)
@@ -180,9 +174,7 @@ class _Snapshot(Collector):
         return self._metrics
 
 
-def render(
-    results: Iterable[ProbeResult], health: Health | None, targets: int | None = None
-) -> bytes:
+def render(results: Iterable[ProbeResult], health: Health | None, targets: int | None = None) -> bytes:
     """The exposition text for these results, from a fresh registry (never the default one)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families(results, health, targets)))

@@ -64,11 +64,7 @@ async def probe(target: Target) -> ProbeResult:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        if (
-            progress.handshake is None
-            or progress.stage is not Stage.HANDSHAKE
-            or not _is_timeout(exc)
-        ):
+        if progress.handshake is None or progress.stage is not Stage.HANDSHAKE or not _is_timeout(exc):
             stage, reason = classify(progress.stage, exc)
             failure = (stage, reason, str(exc) if not isinstance(exc, ProbeError) else exc.detail)
     return _result(target, progress, failure, time.perf_counter() - start)
@@ -120,14 +116,8 @@ async def _resolve(
     if ip is not None and "%" not in target.host:
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         if wanted not in (socket.AF_UNSPEC, family):
-            raise ProbeError(
-                Stage.DNS, "no_address", f"{target.host} is not an {target.ip_protocol} address"
-            )
-        return family, (
-            (target.host, target.port)
-            if family == socket.AF_INET
-            else (target.host, target.port, 0, 0)
-        )
+            raise ProbeError(Stage.DNS, "no_address", f"{target.host} is not an {target.ip_protocol} address")
+        return family, ((target.host, target.port) if family == socket.AF_INET else (target.host, target.port, 0, 0))
     infos = await loop.getaddrinfo(target.host, target.port, family=wanted, type=socket.SOCK_STREAM)
     if not infos:
         raise ProbeError(Stage.DNS, "no_address", target.host)

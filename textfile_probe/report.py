@@ -20,11 +20,7 @@ def _when(timestamp: float) -> str:
 
 def _cert_lines(position: int, cert: CertInfo, now: float) -> list[str]:
     days = (cert.not_after - now) / _DAY
-    status = (
-        "EXPIRED"
-        if days < 0
-        else ("NOT YET VALID" if cert.not_before > now else f"{days:.1f} days left")
-    )
+    status = "EXPIRED" if days < 0 else ("NOT YET VALID" if cert.not_before > now else f"{days:.1f} days left")
     names = [f"DNS:{n}" for n in cert.dns_names] + [f"IP:{n}" for n in cert.ip_addresses]
     return [
         f"  [{position}] {cert.subject or '(empty subject)'}",
@@ -42,15 +38,10 @@ def render_text(result: ProbeResult, now: float | None = None) -> str:
     now = time.time() if now is None else now
     target = result.target
     phases = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in result.phases)
-    outcome = (
-        "OK"
-        if result.success
-        else f"FAILED at {result.stage.value if result.stage else '?'}: {result.reason}"
-    )
+    outcome = "OK" if result.success else f"FAILED at {result.stage.value if result.stage else '?'}: {result.reason}"
     lines = [
         f"target:      {target.name} ({target.address}, server name {target.server_name})",
-        f"result:      {outcome}"
-        + (f" ({result.detail})" if result.detail and not result.success else ""),
+        f"result:      {outcome}" + (f" ({result.detail})" if result.detail and not result.success else ""),
         f"timing:      {result.duration * 1000:.1f} ms ({phases or 'no phase completed'})",
     ]
     if result.ip_protocol:
@@ -59,9 +50,7 @@ def render_text(result: ProbeResult, now: float | None = None) -> str:
         lines.append(f"tls:         {result.tls_version.label}, {result.cipher}")
     if result.verify_result:
         verified = "ok" if result.verify_result == "ok" else f"FAILED: {result.verify_result}"
-        lines.append(
-            f"verify:      {verified}" + ("" if target.verify else " (not required: verify is off)")
-        )
+        lines.append(f"verify:      {verified}" + ("" if target.verify else " (not required: verify is off)"))
     if result.peer_chain:
         lines.append(f"chain sent by the server ({len(result.peer_chain)} certificates):")
         for position, cert in enumerate(result.peer_chain):

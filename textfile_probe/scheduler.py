@@ -111,9 +111,7 @@ class Daemon:
         return [self.results[t.name] for t in self.config.targets if t.name in self.results]
 
     async def write(self) -> bool:
-        health = Health(
-            self.last_cycle_duration, time.time(), self.config_ok, self.config_loaded_at
-        )
+        health = Health(self.last_cycle_duration, time.time(), self.config_ok, self.config_loaded_at)
         data = render(self.current_results(), health, len(self.config.targets))
         try:
             await asyncio.to_thread(write_atomic, self.config.output, data)
@@ -134,9 +132,7 @@ class Daemon:
         except ConfigError as exc:
             self.config_ok = False
             for message in exc.messages:
-                log.error(
-                    "config reload failed; keeping the previous config", extra={"error": message}
-                )
+                log.error("config reload failed; keeping the previous config", extra={"error": message})
             return False
         tls.context_for.cache_clear()
         self.config, self.config_ok, self.config_loaded_at = new, True, time.time()

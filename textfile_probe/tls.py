@@ -34,9 +34,7 @@ _OPENSSL_VERSIONS = {
     TlsVersion.TLS1_2: SSL.TLS1_2_VERSION,
     TlsVersion.TLS1_3: SSL.TLS1_3_VERSION,
 }
-_VERSION_BY_NAME = {f"TLSv1.{v.value - 0x0301}": v for v in TlsVersion} | {
-    "TLSv1": TlsVersion.TLS1_0
-}
+_VERSION_BY_NAME = {f"TLSv1.{v.value - 0x0301}": v for v in TlsVersion} | {"TLSv1": TlsVersion.TLS1_0}
 
 
 @dataclass(frozen=True)
@@ -165,9 +163,7 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-async def _flush(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection
-) -> None:
+async def _flush(loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection) -> None:
     while True:
         try:
             data = conn.bio_read(_READ_SIZE)
@@ -176,9 +172,7 @@ async def _flush(
         await loop.sock_sendall(sock, data)
 
 
-async def _receive(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection
-) -> bool:
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection) -> bool:
     data = await loop.sock_recv(sock, _READ_SIZE)
     if data:
         conn.bio_write(data)

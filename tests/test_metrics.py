@@ -156,7 +156,8 @@ def test_health_series() -> None:
         "textfile_probe_targets_failed 0.0",
         "textfile_probe_config_last_reload_successful 0.0",
         "textfile_probe_config_last_reload_success_timestamp_seconds 1.74e+09",
-        f'textfile_probe_build_info{{openssl="{openssl}",python="{platform.python_version()}",version="{__version__}"}} 1.0',
+        f'textfile_probe_build_info{{openssl="{openssl}",python="{platform.python_version()}",'
+        f'version="{__version__}"}} 1.0',
     ):
         assert line + "\n" in text
 

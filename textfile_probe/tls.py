@@ -13,6 +13,7 @@ untrusted, expired or for another host. The probe decides afterwards what the er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import socket
@@ -231,10 +232,8 @@ async def confirm(sock: socket.socket, conn: SSL.Connection, wait: float) -> Non
 
 async def _verdict(loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection) -> None:
     if await _receive(loop, sock, conn):
-        try:
-            conn.recv(_READ_SIZE)
-        except (SSL.WantReadError, SSL.ZeroReturnError):
-            pass
+        with contextlib.suppress(SSL.WantReadError, SSL.ZeroReturnError):
+            conn.recv(_READ_SIZE)  # an alert in this record raises SSL.Error
 
 
 def _describe(conn: SSL.Connection) -> Handshake:

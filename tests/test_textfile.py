@@ -81,3 +81,11 @@ def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))
     textfile.write_atomic(tmp_path / "x.prom", b"0123456789\n")
     assert (tmp_path / "x.prom").read_bytes() == b"0123456789\n"
+
+
+def test_stale_temps_from_a_killed_run_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "x.prom").write_text("a 1\n")
+    (tmp_path / ".x.prom.12345.tmp").write_text("partial")
+    (tmp_path / ".other.prom.1.tmp").write_text("not ours")
+    textfile.remove_stale_temps(tmp_path / "x.prom")
+    assert sorted(os.listdir(tmp_path)) == [".other.prom.1.tmp", "x.prom"]

@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         "starting",
         extra={"version": __version__, "config": args.config, "targets": len(config.targets)},
     )
-    return asyncio.run(Daemon(config).run(args.config))
+    return asyncio.run(Daemon(config, log_level=args.log_level).run(args.config))
 
 
 def _probe(args: argparse.Namespace) -> int:

@@ -100,6 +100,7 @@ TARGET_DEFAULTS: dict[str, Any] = {
     "max_version": None,
 }
 
+MAX_NAME_LENGTH = 256
 LOG_LEVELS = ("debug", "info", "warning", "error")
 IP_PROTOCOLS = ("auto", "ip4", "ip6")
 
@@ -360,6 +361,8 @@ def _target(node: yaml.Node, where: str, common: dict[str, Any], errors: _Errors
             "expected max_version >= min_version",
         )
     name = merged.pop("name", None)
+    if name is not None and (not name or not name.isprintable() or len(name) > MAX_NAME_LENGTH):
+        errors.add(nodes["name"], f"{where}.name", f"expected printable text of 1 to {MAX_NAME_LENGTH} characters")
     address = Target(name="", host=host, port=port, server_name=host).address
     return Target(
         name=name or address,

@@ -11,7 +11,9 @@ SIGHUP reloads the config after the current cycle, keeping the old one if the ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,12 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 import schedule
 
 from . import config as config_mod
-from . import tls
+from . import logs, tls
 from .config import Config, Target
 from .errors import ConfigError
 from .metrics import Health, render
 from .probe import ProbeResult, probe
-from .textfile import write_atomic
+from .textfile import remove_stale_temps, write_atomic
 
 log = logging.getLogger("textfile_probe")
 
@@ -34,12 +36,14 @@ Notify = Callable[[str], None]
 class Daemon:
     """Holds the current config and the latest result per target."""
 
-    def __init__(self, config: Config, loaded_at: float | None = None) -> None:
+    def __init__(self, config: Config, loaded_at: float | None = None, log_level: str | None = None) -> None:
         self.config = config
+        self.log_level_override = log_level
         self.results: dict[str, ProbeResult] = {}
         self.config_ok = True
         self.config_loaded_at = time.time() if loaded_at is None else loaded_at
         self.last_cycle_duration = 0.0
+        self.last_cycle_end = 0.0
         self._scheduler = schedule.Scheduler()
         self._due: dict[str, Target] = {}
         self._stop = asyncio.Event()
@@ -75,6 +79,7 @@ class Daemon:
         workers = min(self.config.concurrency, len(targets))
         await asyncio.gather(*(worker() for _ in range(workers)))
         self.last_cycle_duration = time.perf_counter() - started
+        self.last_cycle_end = time.time()
         for result in results:
             self._record(result)
         return await self.write()
@@ -111,7 +116,7 @@ class Daemon:
         return [self.results[t.name] for t in self.config.targets if t.name in self.results]
 
     async def write(self) -> bool:
-        health = Health(self.last_cycle_duration, time.time(), self.config_ok, self.config_loaded_at)
+        health = Health(self.last_cycle_duration, self.last_cycle_end, self.config_ok, self.config_loaded_at)
         data = render(self.current_results(), health, len(self.config.targets))
         try:
             await asyncio.to_thread(write_atomic, self.config.output, data)
@@ -135,7 +140,13 @@ class Daemon:
                 log.error("config reload failed; keeping the previous config", extra={"error": message})
             return False
         tls.context_for.cache_clear()
+        old_output = self.config.output
         self.config, self.config_ok, self.config_loaded_at = new, True, time.time()
+        logs.set_level(self.log_level_override or new.log_level)
+        if new.output != old_output:
+            # node_exporter would keep serving the abandoned file next to the new one.
+            with contextlib.suppress(OSError):
+                os.unlink(old_output)
         names = {t.name for t in new.targets}
         self.results = {k: v for k, v in self.results.items() if k in names}
         self._plan()
@@ -151,6 +162,7 @@ class Daemon:
     async def run(self, config_path: str, notify: Notify | None = None) -> int:
         """Run until SIGTERM/SIGINT; return the process exit code."""
         self.install_signal_handlers()
+        remove_stale_temps(self.config.output)
         say = notify or (lambda _state: None)
         say("READY=1")
         due: Iterable[Target] = self.config.targets

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+TEMP_SUFFIX = ".tmp"
+
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data` atomically; raise OSError and leave `path` as it was on failure."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         try:
@@ -32,6 +34,13 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(target.parent)
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> None:
+    """Remove temporary files a killed earlier run left next to `path`."""
+    target = Path(path)
+    for stale in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:

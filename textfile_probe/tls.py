@@ -28,6 +28,7 @@ from .config import Target, TlsVersion
 from .errors import ProbeError, Stage, tls_reason
 
 _READ_SIZE = 16384
+_GROUPS = b"X25519:P-256:P-384:P-521:X448:ffdhe2048:ffdhe3072:ffdhe4096"
 
 _OPENSSL_VERSIONS = {
     TlsVersion.TLS1_0: SSL.TLS1_VERSION,
@@ -108,6 +109,9 @@ def context_for(settings: TlsSettings) -> SSL.Context:
     ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
     # Probing must see what old servers offer, so allow what OpenSSL can still speak.
     ctx.set_cipher_list(b"ALL:@SECLEVEL=0")
+    # One classic key share: a probe needs no post-quantum secrecy, and computing an ML-KEM share
+    # for every handshake costs CPU that most servers then ignore.
+    _lib.SSL_CTX_set1_curves_list(ctx._context, _GROUPS)
     ctx.set_min_proto_version(_OPENSSL_VERSIONS[settings.min_version or TlsVersion.TLS1_0])
     if settings.max_version:
         ctx.set_max_proto_version(_OPENSSL_VERSIONS[settings.max_version])

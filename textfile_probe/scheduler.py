@@ -24,7 +24,7 @@ from . import config as config_mod
 from . import logs, tls
 from .config import Config, Target
 from .errors import ConfigError
-from .metrics import Health, render
+from .metrics import Health, render_chunks
 from .probe import ProbeResult, probe
 from .textfile import remove_stale_temps, write_atomic
 
@@ -117,9 +117,9 @@ class Daemon:
 
     async def write(self) -> bool:
         health = Health(self.last_cycle_duration, self.last_cycle_end, self.config_ok, self.config_loaded_at)
-        data = render(self.current_results(), health, len(self.config.targets))
+        chunks = render_chunks(self.current_results(), health, len(self.config.targets))
         try:
-            await asyncio.to_thread(write_atomic, self.config.output, data)
+            await asyncio.to_thread(write_atomic, self.config.output, chunks)
         except OSError as exc:
             log.error(
                 "cannot write the output file; the previous file is kept",

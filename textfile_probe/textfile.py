@@ -9,22 +9,27 @@ then fsync the directory so the rename survives a crash. The temporary file is r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically; raise OSError and leave `path` as it was on failure."""
+def write_atomic(path: str | os.PathLike[str], data: bytes | Iterable[bytes], mode: int = 0o644) -> None:
+    """Replace `path` with `data` (bytes, or chunks of bytes) atomically.
+
+    Raises OSError and leaves `path` as it was on failure.
+    """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.x509.oid import NameOID
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CertInfo:
     """The facts about one certificate that metrics and the human view use."""
 

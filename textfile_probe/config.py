@@ -43,7 +43,7 @@ class TlsVersion(enum.IntEnum):
 _VERSION_NAMES = {f"TLS1{sep}{minor}": TlsVersion(0x0301 + minor) for minor in range(4) for sep in (".", "")}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """One TLS endpoint to probe, with every default already applied."""
 

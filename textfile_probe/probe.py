@@ -24,7 +24,7 @@ CONFIRM_WAIT = 1.0
 _FAMILIES = {"ip4": socket.AF_INET, "ip6": socket.AF_INET6, "auto": socket.AF_UNSPEC}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """Everything one probe learned. `stage`/`reason` are None on success."""
 

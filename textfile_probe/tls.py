@@ -60,7 +60,7 @@ class TlsSettings:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Handshake:
     """What a handshake told us; after a failure, what it told us before failing."""
 

@@ -69,7 +69,7 @@ class Daemon:
     async def cycle(self, targets: Sequence[Target]) -> bool:
         """Probe `targets` concurrently, record the results, write the file; True if written."""
         started = time.perf_counter()
-        pending = iter(targets)
+        pending = iter(self._slowest_first(targets))
         results: list[ProbeResult] = []
 
         async def worker() -> None:
@@ -83,6 +83,18 @@ class Daemon:
         for result in results:
             self._record(result)
         return await self.write()
+
+    def _slowest_first(self, targets: Sequence[Target]) -> list[Target]:
+        """Order by last duration, longest first (LPT): targets that timed out last time start at
+        once and wait in parallel with the rest, instead of starting late and ending the cycle one
+        timeout after everything else. Unknown targets keep their config order, after those."""
+        last = self.results
+
+        def duration(target: Target) -> float:
+            result = last.get(target.name)
+            return -result.duration if result is not None else 0.0
+
+        return sorted(targets, key=duration)
 
     def _record(self, result: ProbeResult) -> None:
         name = result.target.name

@@ -107,6 +107,7 @@ def context_for(settings: TlsSettings) -> SSL.Context:
     ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+    ctx.set_info_callback(_note_state)  # on the context: one C callback, not one per connection
     # Probing must see what old servers offer, so allow what OpenSSL can still speak.
     ctx.set_cipher_list(b"ALL:@SECLEVEL=0")
     # One classic key share: a probe needs no post-quantum secrecy, and computing an ML-KEM share
@@ -152,7 +153,6 @@ def new_connection(ctx: SSL.Context, server_name: str, have_cert: bool) -> SSL.C
     """A client TLS object over memory BIOs, set up to send SNI and check `server_name`."""
     conn = SSL.Connection(ctx, None)
     conn.set_app_data(_State(have_cert))
-    conn.set_info_callback(_note_state)
     conn.set_connect_state()
     if not _is_ip(server_name):
         conn.set_tlsext_host_name(server_name.encode("idna"))

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import platform
 import re
+from dataclasses import replace
 
+import pytest
 from OpenSSL import SSL
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
-from textfile_probe import __version__
+from textfile_probe import __version__, metrics
 from textfile_probe.certs import CertInfo
 from textfile_probe.config import Target, TlsVersion
 from textfile_probe.errors import Stage
@@ -189,3 +194,23 @@ def test_removed_target_disappears() -> None:
     other = ProbeResult(target=Target(name="other", host="h", port=1, server_name="h"), success=True, duration=0.1)
     assert 'target="other"' in render([OK, other], None).decode()
     assert 'target="other"' not in render([OK], None).decode()
+
+
+def test_sliced_rendering_equals_one_registry_per_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    many = [replace(OK, target=replace(TARGET, name=f"t{i}")) for i in range(7)]
+    monkeypatch.setattr(metrics, "SLICE", 3)
+    sliced = render(many, None)
+    # The same samples, each family whole in one fresh registry: what an unsliced render writes.
+    merged: dict[str, Metric] = {}
+    for family in metrics.families(many, None):
+        merged.setdefault(family.name, GaugeMetricFamily(family.name, family.documentation)).samples.extend(
+            family.samples
+        )
+    whole = b""
+    for family in merged.values():
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(metrics._One(family))
+        whole += generate_latest(registry)
+    assert sliced == whole
+    assert sliced.count(b"# TYPE probe_success gauge\n") == 1
+    assert sliced.count(b"probe_success{") == 7

@@ -40,9 +40,10 @@ def test_targets_that_were_slow_start_first(tmp_path: Path) -> None:
     from textfile_probe.probe import ProbeResult
 
     path = tmp_path / "c.yml"
-    path.write_text(f"output: {tmp_path / 'a.prom'}\ntargets: [{{address: 'a:1'}}, {{address: 'b:1'}}, {{address: 'c:1'}}]\n")
+    targets = "[{address: 'a:1'}, {address: 'b:1'}, {address: 'c:1'}]"
+    path.write_text(f"output: {tmp_path / 'a.prom'}\ntargets: {targets}\n")
     daemon = Daemon(config.load(path))
-    a, b, c = daemon.config.targets
+    a, b, _ = daemon.config.targets
     daemon.results = {"a:1": ProbeResult(a, True, 0.01), "b:1": ProbeResult(b, False, 5.0)}
     # b timed out last cycle: it starts first; c has no history and keeps its place after the known ones.
     assert [t.name for t in daemon._slowest_first(daemon.config.targets)] == ["b:1", "a:1", "c:1"]

@@ -35,6 +35,8 @@ Samples = Iterable[tuple[dict[str, str], float]]
 
 def clean(value: str) -> str:
     """A label value that cannot break the file: no control characters, bounded length."""
+    if value.isprintable() and len(value) <= MAX_LABEL_LENGTH:
+        return value  # the common case, without the regex
     return _UNSAFE.sub("\ufffd", value)[:MAX_LABEL_LENGTH]
 
 
@@ -152,17 +154,28 @@ def _health_families(results: Sequence[ProbeResult], health: Health, targets: in
         yield family
 
 
-def families(results: Sequence[ProbeResult], health: Health | None, targets: int | None = None) -> Iterator[Metric]:
-    """Each non-empty metric family, one at a time, in table order; then the daemon's health."""
-    bases = [{"target": clean(r.target.name), **dict(r.target.labels)} for r in results]
+# Targets per rendered slice of a family: bounds the samples held at once (memory), whatever N is.
+SLICE = 256
+
+
+def _family_slices(results: Sequence[ProbeResult], targets: int | None) -> Iterator[Metric]:
+    """Each non-empty family in table order, in slices of SLICE targets; later slices of a family
+    come as families of the same name (their header is dropped when rendered)."""
     for name, help_text, samples_of in TARGET_FAMILIES:
-        family = GaugeMetricFamily(name, help_text)
-        for result, base in zip(results, bases, strict=True):
-            for labels, value in samples_of(result):
-                # Samples of one family may carry different static labels, so add samples directly.
-                family.add_sample(name, {**base, **{k: clean(v) for k, v in labels.items()}}, value)
-        if family.samples:
-            yield family
+        for start in range(0, len(results), SLICE):
+            family = GaugeMetricFamily(name, help_text)
+            for result in results[start : start + SLICE]:
+                base = {"target": clean(result.target.name), **dict(result.target.labels)}
+                for labels, value in samples_of(result):
+                    # Samples of one family may carry different static labels, so add samples directly.
+                    family.add_sample(name, {**base, **{k: clean(v) for k, v in labels.items()}}, value)
+            if family.samples:
+                yield family
+
+
+def families(results: Sequence[ProbeResult], health: Health | None, targets: int | None = None) -> Iterator[Metric]:
+    """The metric families (target families possibly in several slices), then the daemon's health."""
+    yield from _family_slices(results, targets)
     if health is not None:
         yield from _health_families(results, health, len(results) if targets is None else targets)
 
@@ -176,11 +189,28 @@ class _One(Collector):
 
 
 def render_chunks(results: Sequence[ProbeResult], health: Health | None, targets: int | None = None) -> Iterator[bytes]:
-    """The exposition text, one family per chunk, each from its own fresh registry."""
+    """The exposition text in chunks, each rendered by client_python from its own fresh registry.
+
+    A family rendered in several slices keeps only the first slice's HELP/TYPE lines, so the
+    concatenation is exactly the text one registry holding every sample would give.
+    """
+    previous = ""
     for family in families(results, health, targets):
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_One(family))
-        yield generate_latest(registry)
+        text = generate_latest(registry)
+        if family.name == previous:
+            text = _without_header(text)
+        previous = family.name
+        yield text
+
+
+def _without_header(text: bytes) -> bytes:
+    # generate_latest writes exactly "# HELP ...\n# TYPE ...\n" first (help text is escaped).
+    help_end = text.index(b"\n") + 1
+    type_end = text.index(b"\n", help_end) + 1
+    assert text.startswith(b"# HELP ") and text[help_end:].startswith(b"# TYPE "), text[:200]
+    return text[type_end:]
 
 
 def render(results: Sequence[ProbeResult], health: Health | None, targets: int | None = None) -> bytes:

@@ -8,6 +8,7 @@ a (stage, reason) pair through `errors.classify`, so callers only ever see a `Pr
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -109,12 +110,8 @@ async def _resolve(
 ) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
     """Resolve the target's host; IP literals skip the resolver."""
     wanted = _FAMILIES[target.ip_protocol]
-    try:
-        ip = ipaddress.ip_address(target.host.split("%")[0])
-    except ValueError:
-        ip = None
-    if ip is not None and "%" not in target.host:
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    family = _literal_family(target.host)
+    if family is not None:
         if wanted not in (socket.AF_UNSPEC, family):
             raise ProbeError(Stage.DNS, "no_address", f"{target.host} is not an {target.ip_protocol} address")
         return family, ((target.host, target.port) if family == socket.AF_INET else (target.host, target.port, 0, 0))
@@ -123,6 +120,16 @@ async def _resolve(
         raise ProbeError(Stage.DNS, "no_address", target.host)
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=65536)
+def _literal_family(host: str) -> int | None:
+    """AF_INET/AF_INET6 for an IP literal (no zone), None for a name the resolver must look up."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 def _result(

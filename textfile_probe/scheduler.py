@@ -70,18 +70,15 @@ class Daemon:
         """Probe `targets` concurrently, record the results, write the file; True if written."""
         started = time.perf_counter()
         pending = iter(self._slowest_first(targets))
-        results: list[ProbeResult] = []
 
         async def worker() -> None:
             for target in pending:
-                results.append(await probe(target))
+                self._record(await probe(target))  # replacing the old result frees it at once
 
         workers = min(self.config.concurrency, len(targets))
         await asyncio.gather(*(worker() for _ in range(workers)))
         self.last_cycle_duration = time.perf_counter() - started
         self.last_cycle_end = time.time()
-        for result in results:
-            self._record(result)
         return await self.write()
 
     def _slowest_first(self, targets: Sequence[Target]) -> list[Target]:

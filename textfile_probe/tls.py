@@ -106,6 +106,8 @@ def context_for(settings: TlsSettings) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # A probe mostly waits on its peer; let OpenSSL free the record buffers while it does.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
     ctx.set_info_callback(_note_state)  # on the context: one C callback, not one per connection
     # Probing must see what old servers offer, so allow what OpenSSL can still speak.
@@ -133,20 +135,28 @@ def context_for(settings: TlsSettings) -> SSL.Context:
     return ctx
 
 
-def _expect_name(conn: SSL.Connection, server_name: str) -> None:
-    """Ask OpenSSL to check the certificate against server_name (DNS name or IP address)."""
-    # pyOpenSSL has no public call for this; it is what CPython's ssl module does in C.
-    param = _lib.SSL_get0_param(conn._ssl)
+@functools.lru_cache(maxsize=65536)
+def _expected_name(server_name: str) -> tuple[bytes, bool]:
+    """(bytes OpenSSL checks, whether they are a packed IP address), computed once per name."""
     try:
-        packed = ipaddress.ip_address(server_name).packed
+        return ipaddress.ip_address(server_name).packed, True
     except ValueError:
-        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
-        name = server_name.encode("idna") if not server_name.isascii() else server_name.encode()
-        ok = _lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))
+        return server_name.encode("idna"), False
+
+
+def _expect_name(conn: SSL.Connection, server_name: str) -> bool:
+    """Ask OpenSSL to check the certificate against server_name; return whether it is an IP."""
+    # pyOpenSSL has no public call for this; it is what CPython's ssl module does in C.
+    name, is_ip = _expected_name(server_name)
+    param = _lib.SSL_get0_param(conn._ssl)
+    if is_ip:
+        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, _ffi.from_buffer(name), len(name))
     else:
-        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, _ffi.from_buffer(packed), len(packed))
+        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+        ok = _lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))
     if ok != 1:
         raise ProbeError(Stage.SETUP, "bad_server_name", server_name)
+    return is_ip
 
 
 def new_connection(ctx: SSL.Context, server_name: str, have_cert: bool) -> SSL.Connection:
@@ -154,18 +164,9 @@ def new_connection(ctx: SSL.Context, server_name: str, have_cert: bool) -> SSL.C
     conn = SSL.Connection(ctx, None)
     conn.set_app_data(_State(have_cert))
     conn.set_connect_state()
-    if not _is_ip(server_name):
-        conn.set_tlsext_host_name(server_name.encode("idna"))
-    _expect_name(conn, server_name)
+    if not _expect_name(conn, server_name):
+        conn.set_tlsext_host_name(_expected_name(server_name)[0])  # SNI is never an IP address
     return conn
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 async def _flush(loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: SSL.Connection) -> None:

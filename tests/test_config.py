@@ -46,7 +46,7 @@ EXPECTED_ERRORS = {
     "targets_not_list.yml": "2: targets: expected a list of targets, got a mapping",
     "timeout_over_interval.yml": "4: targets[0].timeout: expected a timeout no longer than the interval (10s)",
     "unknown_target_key.yml": "3: targets[0].sever_name: unknown key; expected one of address, ca_file, client_cert, "
-    "client_key, interval, ip_protocol, labels, max_version, min_version, name, server_name, timeout, verify",
+    "client_key, interval, ip_protocol, labels, max_version, min_version, name, server_name, starttls, timeout, verify",
     "unknown_top_key.yml": "2: intervall: unknown key; expected one of concurrency, defaults, interval, log_level, "
     "output, targets, timeout",
     "wrong_type_verify.yml": "3: targets[0].verify: expected true or false, got str 'maybe'",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from . import __version__, logs
+from . import __version__, logs, sdnotify
 from . import config as config_mod
 from .errors import ConfigError
 from .metrics import render
@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--ip-protocol", choices=config_mod.IP_PROTOCOLS, default="auto")
     one.add_argument("--min-version", help="TLS1.0 .. TLS1.3")
     one.add_argument("--max-version", help="TLS1.0 .. TLS1.3")
+    one.add_argument(
+        "--starttls", choices=config_mod.STARTTLS_CHOICES, help="default: from the port (25 smtp, 389 ldap, ...)"
+    )
     one.add_argument("--format", choices=("text", "prom"), default="text")
 
     demo = commands.add_parser("demo", help="run real probe cycles against local throwaway TLS endpoints")
@@ -88,13 +91,20 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     logs.setup(args.log_level or config.log_level)
-    if args.once:
+    if args.once:  # a oneshot unit: systemd waits for the exit, there is nothing to notify
         return 0 if asyncio.run(run_once(config)) else 1
+    notifier = sdnotify.Notifier.from_environment()
     log.info(
         "starting",
-        extra={"version": __version__, "config": args.config, "targets": len(config.targets)},
+        extra={
+            "version": __version__,
+            "config": args.config,
+            "targets": len(config.targets),
+            "watchdog": notifier.watchdog_interval or "off",
+        },
     )
-    return asyncio.run(Daemon(config, log_level=args.log_level).run(args.config))
+    daemon = Daemon(config, log_level=args.log_level)
+    return asyncio.run(daemon.run(args.config, notifier.send, notifier.watchdog_interval))
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -109,6 +119,7 @@ def _probe(args: argparse.Namespace) -> int:
         "client_key": args.client_key and os.path.abspath(args.client_key),
         "min_version": args.min_version,
         "max_version": args.max_version,
+        "starttls": args.starttls,
     }
     entry = {key: value for key, value in options.items() if value is not None}
     text = yaml.safe_dump({"interval": "1h", "targets": [entry]})

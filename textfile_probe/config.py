@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .starttls import PORTS as STARTTLS_PORTS
+from .starttls import PROTOCOLS
 
 DEFAULT_OUTPUT = "/var/lib/prometheus/node-exporter/textfile_probe.prom"
 
@@ -61,6 +63,7 @@ class Target:
     labels: tuple[tuple[str, str], ...] = ()
     min_version: TlsVersion | None = None
     max_version: TlsVersion | None = None
+    starttls: str = "none"  # a protocol of starttls.PROTOCOLS, or "none" for TLS from the first byte
 
     @property
     def address(self) -> str:
@@ -101,6 +104,7 @@ TARGET_DEFAULTS: dict[str, Any] = {
 }
 
 MAX_NAME_LENGTH = 256
+STARTTLS_CHOICES = ("none", *sorted(PROTOCOLS))
 LOG_LEVELS = ("debug", "info", "warning", "error")
 IP_PROTOCOLS = ("auto", "ip4", "ip6")
 
@@ -311,6 +315,7 @@ _TARGET_PARSERS: dict[str, Parser] = {
     "address": _address,
     "name": _typed(str, "a non-empty string"),
     "server_name": _typed(str, "a host name"),
+    "starttls": _choice(STARTTLS_CHOICES),
     "timeout": _duration,
     "interval": _duration,
     **_DEFAULTS_PARSERS,
@@ -364,8 +369,10 @@ def _target(node: yaml.Node, where: str, common: dict[str, Any], errors: _Errors
     if name is not None and (not name or not name.isprintable() or len(name) > MAX_NAME_LENGTH):
         errors.add(nodes["name"], f"{where}.name", f"expected printable text of 1 to {MAX_NAME_LENGTH} characters")
     address = Target(name="", host=host, port=port, server_name=host).address
+    starttls = merged.pop("starttls", None) or STARTTLS_PORTS.get(port, "none")
     return Target(
         name=name or address,
+        starttls=starttls,
         host=host,
         port=port,
         server_name=merged.pop("server_name", host),

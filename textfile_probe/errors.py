@@ -22,6 +22,7 @@ class Stage(str, enum.Enum):
     SETUP = "setup"
     DNS = "dns"
     CONNECT = "connect"
+    STARTTLS = "starttls"
     HANDSHAKE = "handshake"
     VERIFY = "verify"
 

@@ -14,7 +14,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from . import tls
+from . import starttls, tls
 from .certs import CertInfo, describe
 from .config import Target, TlsVersion
 from .errors import ProbeError, Stage, classify, verify_reason
@@ -76,8 +76,10 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 async def _run(target: Target, progress: _Progress) -> None:
+    progress.stage = Stage.SETUP
     ctx = tls.context_for(tls.TlsSettings.of(target))
     loop = asyncio.get_running_loop()
+    progress.stage = Stage.DNS
 
     started = time.perf_counter()
     family, sockaddr = await _resolve(loop, target)
@@ -92,11 +94,18 @@ async def _run(target: Target, progress: _Progress) -> None:
         await loop.sock_connect(sock, sockaddr)
         progress.phases["connect"] = time.perf_counter() - started
 
+        early = b""
+        if target.starttls != "none":
+            progress.stage = Stage.STARTTLS
+            started = time.perf_counter()
+            early = await starttls.negotiate(sock, target.starttls, target.server_name)
+            progress.phases["starttls"] = time.perf_counter() - started
+
         progress.stage = Stage.HANDSHAKE
         conn = tls.new_connection(ctx, target.server_name, have_cert=target.client_cert is not None)
         started = time.perf_counter()
         try:
-            progress.handshake = await tls.handshake(sock, conn)
+            progress.handshake = await tls.handshake(sock, conn, early)
         except tls.HandshakeError as exc:
             progress.handshake = exc.partial
             raise

@@ -44,6 +44,8 @@ def render_text(result: ProbeResult, now: float | None = None) -> str:
         f"result:      {outcome}" + (f" ({result.detail})" if result.detail and not result.success else ""),
         f"timing:      {result.duration * 1000:.1f} ms ({phases or 'no phase completed'})",
     ]
+    if target.starttls != "none":
+        lines.append(f"starttls:    {target.starttls}")
     if result.ip_protocol:
         lines.append(f"ip protocol: IPv{result.ip_protocol}")
     if result.tls_version:

@@ -6,6 +6,8 @@ workers, so a slow target holds one worker for at most its timeout and never del
 After each cycle the file is re-rendered from the latest result of every configured target.
 SIGTERM/SIGINT cancel an in-flight cycle (nothing is written, so the last file stays whole);
 SIGHUP reloads the config after the current cycle, keeping the old one if the new one is bad.
+Supervision goes out through `notify` (sd_notify messages, see `run`); the watchdog is fed by a
+task on the same loop, so a wedged loop stops feeding it and systemd restarts the daemon.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import schedule
 
 from . import config as config_mod
 from . import logs, tls
+from .certs import earliest_expiry
 from .config import Config, Target
 from .errors import ConfigError
 from .metrics import Health, render_chunks
@@ -30,7 +33,31 @@ from .textfile import remove_stale_temps, write_atomic
 
 log = logging.getLogger("textfile_probe")
 
-Notify = Callable[[str], None]
+Notify = Callable[[str], object]  # takes one sd_notify message; whatever it returns is ignored
+_DAY = 86400.0
+
+
+def _quiet(_message: str) -> None:
+    """The `notify` of a daemon nobody supervises."""
+
+
+def _targets(count: int) -> str:
+    return f"{count} target{'' if count == 1 else 's'}"
+
+
+def status_line(results: Sequence[ProbeResult], targets: int, now: float, config_ok: bool = True) -> str:
+    """One line for `systemctl status`: targets, failures, the earliest certificate expiry and whose.
+
+    One line it stays: target names are printable text (config.py refuses anything else).
+    """
+    text = f"{_targets(targets)}, {sum(not r.success for r in results)} failing"
+    expiries = [(when, r.target.name) for r in results if (when := earliest_expiry(r.peer_chain)) is not None]
+    if expiries:
+        when, name = min(expiries)
+        days = (when - now) / _DAY
+        text += f", next expiry in {days:.1f} days" if days >= 0 else f", expired {-days:.1f} days ago"
+        text += f" ({name})"
+    return text if config_ok else text + "; config reload failed, running the previous config"
 
 
 class Daemon:
@@ -48,6 +75,7 @@ class Daemon:
         self._due: dict[str, Target] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._notify: Notify = _quiet
         self._plan()
 
     # -- scheduling -------------------------------------------------------------------------
@@ -165,32 +193,68 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
 
-    async def run(self, config_path: str, notify: Notify | None = None) -> int:
-        """Run until SIGTERM/SIGINT; return the process exit code."""
+    def _request_stop(self) -> None:
+        if not self._stop.is_set():
+            self._notify("STOPPING=1\nSTATUS=stopping")  # at once, not after the cycle is cancelled
+        self._stop.set()
+
+    def status(self) -> str:
+        return status_line(self.current_results(), len(self.config.targets), time.time(), self.config_ok)
+
+    async def run(self, config_path: str, notify: Notify | None = None, watchdog: float | None = None) -> int:
+        """Run until SIGTERM/SIGINT; return the process exit code.
+
+        `notify` gets sd_notify messages. READY=1 is sent once the config is loaded and the signal
+        handlers are in place, before the first cycle: a cycle can take a whole timeout (and more
+        with many targets), readiness means "running and answering signals", not "every target
+        healthy", and a slow first cycle must not run into systemd's start timeout. STATUS= follows
+        every cycle; RELOADING=1 (with MONOTONIC_USEC=) and READY=1 bracket a SIGHUP reload, which
+        ends in READY=1 whether the new config was taken or refused (the daemon runs either way);
+        STOPPING=1 goes out as soon as SIGTERM/SIGINT arrives. With `watchdog` (seconds, from
+        WATCHDOG_USEC) a task on this loop sends WATCHDOG=1 every half interval.
+        """
+        self._notify = notify or _quiet
         self.install_signal_handlers()
         remove_stale_temps(self.config.output)
-        say = notify or (lambda _state: None)
-        say("READY=1")
+        self._notify(f"READY=1\nSTATUS=started, {_targets(len(self.config.targets))}, first cycle running")
+        feeder = asyncio.ensure_future(self._feed_watchdog(watchdog)) if watchdog else None
+        try:
+            await self._loop(config_path)
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+        log.info("stopping")
+        return 0
+
+    async def _loop(self, config_path: str) -> None:
         due: Iterable[Target] = self.config.targets
         while not self._stop.is_set():
             if self._reload.is_set():
                 self._reload.clear()
-                say("RELOADING=1")
+                self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=reloading")
                 if self.reload(config_path):
                     due = self.config.targets
                 else:
                     await self.write()
-                say("READY=1")
+                self._notify(f"READY=1\nSTATUS={self.status()}")
             batch = list(due) or self._take_due()
             due = ()
-            if batch and not await self._run_cycle(batch):
-                break
+            if batch:
+                if not await self._run_cycle(batch):
+                    break
+                self._notify(f"STATUS={self.status()}")
             await self._sleep(self._scheduler.idle_seconds)
-        log.info("stopping")
-        return 0
+
+    async def _feed_watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 every half interval, while this loop runs: through sleeps and long cycles
+        alike, and never from a thread, so a blocked loop stops feeding and gets restarted."""
+        while True:
+            self._notify("WATCHDOG=1")
+            await asyncio.sleep(interval / 2)
 
     def _take_due(self) -> list[Target]:
         self._scheduler.run_pending()

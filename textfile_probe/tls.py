@@ -185,9 +185,13 @@ async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: S
     return bool(data)
 
 
-async def handshake(sock: socket.socket, conn: SSL.Connection) -> Handshake:
-    """Run the handshake over a connected non-blocking socket; raise HandshakeError/OSError."""
+async def handshake(sock: socket.socket, conn: SSL.Connection, early: bytes = b"") -> Handshake:
+    """Run the handshake over a connected non-blocking socket; raise HandshakeError/OSError.
+
+    `early` holds bytes already read from the socket (past a STARTTLS dialogue)."""
     loop = asyncio.get_running_loop()
+    if early:
+        conn.bio_write(early)
     try:
         while True:
             try:

@@ -18,7 +18,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from oneshot import run_once
 from pki import Pki, write_pem
 from servers import ClosedPort, TlsServer
 
@@ -42,7 +42,6 @@ NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_e
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 VARIABLES = {"datasource", "node", "target"}
 GRAFANA_INTERVALS = {"__rate_interval": "1m", "__interval": "1m", "__range": "5m"}
-RUN_TIMEOUT = 60.0  # the --once run; its probes have a 3 s timeout each
 STARTUP_TIMEOUT = 20.0  # node_exporter or Prometheus answering on its port
 DATA_TIMEOUT = 30.0  # our series scraped, then the alerts evaluated
 GRID_WIDTH = 24
@@ -258,17 +257,7 @@ def probe_once(pki: Pki, base: Path, textfile_dir: Path) -> frozenset[str]:
             "defaults": {"ca_file": str(trust)},
             "targets": targets,
         }
-        config_path = base / "config.yml"
-        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        done = subprocess.run(
-            [sys.executable, "-m", "textfile_probe", "run", "--once", "--config", str(config_path)],
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-            cwd=base,
-        )
-    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        run_once(base, config)
     return frozenset(t["name"] for t in targets)
 
 

@@ -11,7 +11,6 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import yaml
+from oneshot import run_once
 from pki import Issued, Pki, write_pem
 from prometheus_client.parser import text_string_to_metric_families
 from servers import ClosedPort, TlsServer
@@ -30,7 +29,6 @@ PROMTOOL = shutil.which("promtool")
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 HOSTILE_SUBJECT_EXTRA = 'Evil "Quoted" \\ Backslash\nNew line'
 OUTPUT_NAME = "textfile_probe.prom"
-RUN_TIMEOUT = 60.0  # the --once run; its probes have a 3 s timeout each
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -121,17 +119,7 @@ def output(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Output:
                 {"name": "closed", "address": closed.address, "server_name": "localhost"},
             ],
         }
-        config_path = base / "config.yml"
-        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        done = subprocess.run(
-            [sys.executable, "-m", "textfile_probe", "run", "--once", "--config", str(config_path)],
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-            cwd=base,
-        )
-    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        run_once(base, config)
     path = textfile_dir / OUTPUT_NAME
     return Output(
         path=path,

@@ -133,11 +133,18 @@ def test_sieve_dialogue() -> None:
     assert refused("sieve", b'"IMPLEMENTATION" "x"\r\nOK "Ready."\r\n', []) == "not_offered"
 
 
-def test_irc_dialogue_skips_notices() -> None:
-    replies = [b":irc.example.org NOTICE * :*** Looking up your hostname\r\n:irc.example.org 670 * :STARTTLS ok\r\n"]
-    assert dialogue("irc", b"", replies).written == [b"STARTTLS\r\n"]
-    assert refused("irc", b"", [b":irc.example.org 421 * STARTTLS :Unknown command\r\n"]) == "not_offered"
-    assert refused("irc", b"", [b":irc.example.org 691 * :STARTTLS failed\r\n"]) == "rejected"
+def test_irc_dialogue_asks_cap_then_skips_notices() -> None:
+    notice = b":irc.example.org NOTICE * :*** Looking up your hostname\r\n"
+    caps = b":irc.example.org CAP * LS * :multi-prefix sasl\r\n:irc.example.org CAP * LS :tls userhost-in-names\r\n"
+    go = notice + b":irc.example.org 670 * :STARTTLS successful, go ahead\r\n"
+    assert dialogue("irc", b"", [notice + caps, go]).written == [b"CAP LS 302\r\n", b"STARTTLS\r\n"]
+    no_tls = b":irc.example.org CAP * LS :multi-prefix sasl\r\n"
+    assert refused("irc", b"", [no_tls]) == "not_offered"
+    assert refused("irc", b"", [caps, b":irc.example.org 691 * :STARTTLS failed\r\n"]) == "rejected"
+    # A server without CAP answers 421; STARTTLS is then tried directly.
+    unknown_cap = b":old.example.org 421 * CAP :Unknown command\r\n"
+    assert dialogue("irc", b"", [unknown_cap, go]).written[-1] == b"STARTTLS\r\n"
+    assert refused("irc", b"", [unknown_cap, b":old.example.org 421 * STARTTLS :Unknown command\r\n"]) == "not_offered"
 
 
 LDAP_SUCCESS = bytes.fromhex("300c02010178070a010004000400")

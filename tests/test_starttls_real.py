@@ -195,7 +195,7 @@ NOT_OFFERED = [
     # INN still lists STARTTLS in CAPABILITIES, then answers "580 Error initializing TLS".
     ("inn_no_tls", "nntp", "nntp", {"rejected"}),
     # No "tls" in CAP LS; a STARTTLS before registration gets no answer at all.
-    ("inspircd_no_tls", "irc", "irc", {"not_offered", "timeout"}),
+    ("inspircd_no_tls", "irc", "irc", {"not_offered"}),
 ]
 
 

@@ -227,18 +227,41 @@ async def _sieve(stream: Stream, _domain: str) -> None:
 _IRC_GO, _IRC_NO, _IRC_UNKNOWN = "670", "691", "421"
 
 
-async def _irc(stream: Stream, _domain: str) -> None:
-    await stream.write(b"STARTTLS\r\n")
-    for _ in range(200):  # servers send notices first ("Looking up your hostname...")
+async def _irc_reply(stream: Stream) -> tuple[str, list[str]]:
+    """The next numeric or CAP reply, skipping notices ("Looking up your hostname...")."""
+    for _ in range(200):
         words = (await _text_line(stream)).split(" ")
-        numeric = words[1] if len(words) > 1 and words[0].startswith(":") else ""
-        if numeric == _IRC_GO:
-            return
-        if numeric == _IRC_NO:
+        if words[0] == "ERROR":
             raise StartTlsError("rejected", " ".join(words)[:120])
-        if numeric == _IRC_UNKNOWN or words[0] == "ERROR":
+        if len(words) > 1 and words[0].startswith(":") and (words[1].isdigit() or words[1] == "CAP"):
+            return words[1], words[2:]
+    raise StartTlsError("protocol_error", "no reply from the IRC server")
+
+
+async def _irc(stream: Stream, _domain: str) -> None:
+    # IRCv3: a server that can do STARTTLS lists "tls" in CAP LS; one that cannot may stay silent
+    # on STARTTLS before registration, so asking first turns a timeout into a clear not_offered.
+    await stream.write(b"CAP LS 302\r\n")
+    kind, words = await _irc_reply(stream)
+    if kind == "CAP":
+        offered: list[str] = []
+        while True:  # "CAP * LS * :a b" continues, "CAP * LS :c d" ends
+            more = len(words) > 2 and words[2] == "*"
+            offered += [w.lstrip(":").split("=")[0] for w in words[3 if more else 2 :]]
+            if not more:
+                break
+            kind, words = await _irc_reply(stream)
+        if "tls" not in offered:
+            raise StartTlsError("not_offered", "no tls in CAP LS")
+    await stream.write(b"STARTTLS\r\n")
+    while True:
+        kind, words = await _irc_reply(stream)
+        if kind == _IRC_GO:
+            return
+        if kind == _IRC_NO:
+            raise StartTlsError("rejected", " ".join(words)[:120])
+        if kind == _IRC_UNKNOWN:
             raise StartTlsError("not_offered", " ".join(words)[:120])
-    raise StartTlsError("protocol_error", "no reply to STARTTLS")
 
 
 # -- binary protocols: LDAP, PostgreSQL, MySQL --------------------------------------------------

@@ -552,6 +552,18 @@ class Blackhole(_Endpoint):
 # --------------------------------------------------------------------------
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a child politely, kill it after 5 s; a no-op if it already exited."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def _free_port(host: str) -> int:
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -648,14 +660,8 @@ class OpensslServer(_Endpoint):
 
     def _stop_process(self) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        if proc is not None:
+            stop_process(proc)
 
     def close(self) -> None:
         self._stop_process()

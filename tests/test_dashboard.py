@@ -32,7 +32,7 @@ import pytest
 import yaml
 from oneshot import run_once
 from pki import Pki, write_pem
-from servers import ClosedPort, TlsServer
+from servers import ClosedPort, TlsServer, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "etc" / "grafana" / "textfile-probe.json"
@@ -167,16 +167,6 @@ def _free_port() -> int:
         return port
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 def _answers(url: str, process: subprocess.Popen[bytes], deadline: float) -> bool:
     """GET `url` until it answers 200, the process dies, or `deadline`."""
     for _ in range(1000):
@@ -205,7 +195,7 @@ def serving(command: Callable[[int], list[str]], ready_path: str, log_path: Path
                 yield base
                 return
         finally:
-            _stop(process)
+            stop_process(process)
     raise AssertionError(f"{command(0)[0]} never answered:\n{log_path.read_text(errors='replace')}")
 
 

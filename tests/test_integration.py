@@ -23,7 +23,7 @@ import pytest
 from oneshot import run_once
 from pki import Issued, Pki, write_pem
 from prometheus_client.parser import text_string_to_metric_families
-from servers import ClosedPort, TlsServer
+from servers import ClosedPort, TlsServer, stop_process
 
 PROMTOOL = shutil.which("promtool")
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
@@ -223,12 +223,7 @@ def node_exporter(textfile_dir: Path, log_path: Path) -> Iterator[str]:
                 yield text
                 return
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+            stop_process(process)
     raise AssertionError(f"node_exporter never answered:\n{log_path.read_text(errors='replace')}")
 
 

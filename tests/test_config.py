@@ -27,7 +27,7 @@ EXPECTED_ERRORS = {
     "got str '::1:9142'",
     "client_key_without_cert.yml": "3: targets[0].client_key: client_key needs client_cert",
     "defaults_timeout.yml": "2: defaults.timeout: unknown key; expected one of ca_file, client_cert, client_key, "
-    "ip_protocol, labels, max_version, min_version, verify",
+    "client_keystore, ip_protocol, labels, max_version, min_version, truststore, verify, verify_hostname",
     "duplicate_key.yml": "4: targets[0].timeout: duplicate key",
     "duplicate_name.yml": "5: targets[2].name: duplicate target name '127.0.0.1:9142' (first at line 2)",
     "empty.yml": " the file is empty; expected a mapping with 'targets'",
@@ -46,9 +46,18 @@ EXPECTED_ERRORS = {
     "targets_not_list.yml": "2: targets: expected a list of targets, got a mapping",
     "timeout_over_interval.yml": "4: targets[0].timeout: expected a timeout no longer than the interval (10s)",
     "unknown_target_key.yml": "3: targets[0].sever_name: unknown key; expected one of address, ca_file, client_cert, "
-    "client_key, interval, ip_protocol, labels, max_version, min_version, name, server_name, starttls, timeout, verify",
-    "unknown_top_key.yml": "2: intervall: unknown key; expected one of concurrency, defaults, interval, log_level, "
-    "output, targets, timeout",
+    "client_key, client_keystore, interval, ip_protocol, keystore, labels, max_version, min_version, name, "
+    "server_name, starttls, timeout, truststore, verify, verify_hostname",
+    "unknown_top_key.yml": "2: intervall: unknown key; expected one of concurrency, defaults, discover, files, "
+    "interval, log_level, output, targets, timeout",
+    "files_not_list.yml": "2: files: expected a list of files, globs or directories, got a mapping",
+    "two_password_sources.yml": "4: files[0].password: give one password source, not password_env and password",
+    "keystore_pattern.yml": "3: targets[0].keystore: expected one file here, not a pattern",
+    "truststore_and_ca_file.yml": "4: targets[0].truststore: give truststore or ca_file, not both",
+    "bad_store_format.yml": "3: files[0].format: expected one of auto, pem, der, pkcs12, jks, jceks, got str 'bks'",
+    "unknown_product.yml": "2: discover.casandra: unknown product; expected one of cassandra, kafka",
+    "discover_missing_file.yml": "2: discover.cassandra: expected a readable file, got '/nonexistent/cassandra.yaml': "
+    "No such file or directory",
     "wrong_type_verify.yml": "3: targets[0].verify: expected true or false, got str 'maybe'",
     "zero_concurrency.yml": "1: concurrency: expected a whole number from 1 to 100000",
 }

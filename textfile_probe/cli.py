@@ -17,11 +17,14 @@ import yaml
 
 from . import __version__, logs, sdnotify
 from . import config as config_mod
+from .config import StoreSpec
 from .errors import ConfigError
+from .files import read_file
 from .metrics import render
 from .probe import probe
-from .report import render_text
+from .report import render_file_text, render_text
 from .scheduler import Daemon, run_once
+from .stores import FORMATS as STORE_FORMATS
 
 DEFAULT_CONFIG = "/etc/textfile-probe/config.yml"
 log = logging.getLogger("textfile_probe")
@@ -47,8 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and exit 0 (valid) or 2")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
 
-    one = commands.add_parser("probe", help="probe one endpoint and show its chain")
-    one.add_argument("address", help="host:port or [ipv6]:port")
+    one = commands.add_parser("probe", help="probe one endpoint, or read one certificate file, and show its chain")
+    one.add_argument("address", nargs="?", help="host:port or [ipv6]:port")
+    one.add_argument("--file", help="instead of an endpoint: a PEM, DER, PKCS#12, JKS or JCEKS file")
+    one.add_argument("--password-file", help="with --file: a file holding the store's password")
+    one.add_argument("--password-env", help="with --file: an environment variable holding the password")
+    one.add_argument("--store-format", choices=STORE_FORMATS, default="auto", help="with --file (default: sniffed)")
     one.add_argument("--server-name", help="SNI and the name verified (default: the host)")
     one.add_argument("--ca-file", help="PEM bundle of trusted CAs (default: the system trust store)")
     one.add_argument("--client-cert", help="PEM client certificate (mTLS)")
@@ -82,7 +89,9 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    print(f"{args.config}: ok, {len(config.targets)} targets, output {config.output}")
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.config}: ok, {len(config.targets)} targets, {len(config.files)} file entries, output {config.output}")
     return 0
 
 
@@ -91,6 +100,8 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     logs.setup(args.log_level or config.log_level)
+    for warning in config.warnings:
+        log.warning("config warning", extra={"warning": warning})
     if args.once:  # a oneshot unit: systemd waits for the exit, there is nothing to notify
         return 0 if asyncio.run(run_once(config)) else 1
     notifier = sdnotify.Notifier.from_environment()
@@ -108,6 +119,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.address is None):
+        print("probe: give either host:port or --file PATH", file=sys.stderr)
+        return 2
+    if args.file is not None:
+        return _probe_file(args)
     options = {
         "address": args.address,
         "timeout": args.timeout,
@@ -136,6 +152,21 @@ def _probe(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(result))
     return 0 if result.success else 1
+
+
+def _probe_file(args: argparse.Namespace) -> int:
+    spec = StoreSpec(
+        path=os.path.abspath(args.file),
+        format=args.store_format,
+        password_file=args.password_file and os.path.abspath(args.password_file),
+        password_env=args.password_env,
+    )
+    read = read_file(spec.path, spec)
+    if args.format == "prom":
+        sys.stdout.write(render([], None, files=[read]).decode())
+    else:
+        sys.stdout.write(render_file_text(read))
+    return 0 if read.ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

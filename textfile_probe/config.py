@@ -10,11 +10,12 @@ Loading reads only the config file and checks that named files are readable: no 
 from __future__ import annotations
 
 import enum
+import glob
 import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import yaml
 from .errors import ConfigError
 from .starttls import PORTS as STARTTLS_PORTS
 from .starttls import PROTOCOLS
+from .stores import FORMATS as STORE_FORMATS
 
 DEFAULT_OUTPUT = "/var/lib/prometheus/node-exporter/textfile_probe.prom"
 
@@ -46,6 +48,21 @@ _VERSION_NAMES = {f"TLS1{sep}{minor}": TlsVersion(0x0301 + minor) for minor in r
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """A certificate file or keystore and how to open it. In `files:` the path may be a glob or a
+    directory; everywhere else it names one file. The password comes from at most one source and
+    is read when the file is (see files.py), so a rotated password file needs no reload."""
+
+    path: str
+    format: str = "auto"  # one of stores.FORMATS
+    password_file: str | None = None
+    password_env: str | None = None
+    password: str | None = field(default=None, repr=False)
+    alias: str | None = None  # for a client certificate: which key entry; else the first
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One TLS endpoint to probe, with every default already applied."""
 
@@ -54,6 +71,7 @@ class Target:
     port: int
     server_name: str
     verify: bool = True
+    verify_hostname: bool = True  # with verify: also check the certificate names server_name
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
@@ -64,6 +82,9 @@ class Target:
     min_version: TlsVersion | None = None
     max_version: TlsVersion | None = None
     starttls: str = "none"  # a protocol of starttls.PROTOCOLS, or "none" for TLS from the first byte
+    truststore: StoreSpec | None = None  # trust anchors from a keystore or bundle, instead of ca_file
+    client_keystore: StoreSpec | None = None  # client certificate and key from a keystore
+    keystore: StoreSpec | None = None  # the store this endpoint should be serving from (served vs on disk)
 
     @property
     def address(self) -> str:
@@ -82,6 +103,8 @@ class Config:
     concurrency: int = 64
     log_level: str = "info"
     targets: tuple[Target, ...] = field(default_factory=tuple)
+    files: tuple[StoreSpec, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = field(default_factory=tuple)  # located, like errors; logged by the caller
 
 
 GLOBAL_DEFAULTS: dict[str, Any] = {
@@ -94,6 +117,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
 
 TARGET_DEFAULTS: dict[str, Any] = {
     "verify": True,
+    "verify_hostname": True,
     "ca_file": None,
     "client_cert": None,
     "client_key": None,
@@ -101,6 +125,8 @@ TARGET_DEFAULTS: dict[str, Any] = {
     "labels": {},
     "min_version": None,
     "max_version": None,
+    "truststore": None,
+    "client_keystore": None,
 }
 
 MAX_NAME_LENGTH = 256
@@ -113,7 +139,8 @@ RESERVED_LABELS = frozenset(
     {
         "target", "stage", "reason", "phase", "version", "cipher", "fingerprint_sha256",
         "subject", "issuer", "subjectalternative", "serialnumber", "position", "subject_cn",
-        "issuer_cn", "serial", "result", "python", "openssl", "job", "instance",
+        "issuer_cn", "serial", "result", "python", "openssl", "job", "instance", "path", "alias", "entry",
+        "format",
     }
 )  # fmt: skip
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -126,9 +153,13 @@ class _Errors:
     def __init__(self, path: str) -> None:
         self.path = path
         self.messages: list[str] = []
+        self.warnings: list[str] = []
 
     def add(self, node: yaml.Node, where: str, message: str) -> None:
         self.messages.append(f"{self.path}:{node.start_mark.line + 1}: {where}: {message}")
+
+    def warn(self, node: yaml.Node, where: str, message: str) -> None:
+        self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: {where}: {message}")
 
 
 _constructor = yaml.SafeLoader("")
@@ -292,6 +323,63 @@ def _address(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> tuple
     return host, port
 
 
+def _password(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> str | None:
+    value = _scalar(node)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        errors.add(node, where, f"expected a password string, got {_kind(node)}")
+        return None
+    errors.warn(node, where, "a password written in the config file; prefer password_file or password_env")
+    return str(value)
+
+
+def _env_name(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> str | None:
+    value = _scalar(node)
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        errors.add(node, where, f"expected an environment variable name, got {_kind(node)}")
+        return None
+    if value not in os.environ:
+        errors.warn(node, where, f"the environment variable {value} is not set here")
+    return value
+
+
+_STORE_PARSERS: dict[str, Parser] = {
+    "path": _typed(str, "a file path"),
+    "format": _choice(STORE_FORMATS),
+    "password_file": _readable_file,
+    "password_env": _env_name,
+    "password": _password,
+    "alias": _typed(str, "an alias"),
+    "labels": _labels,
+}
+_PASSWORD_SOURCES = ("password_file", "password_env", "password")
+
+
+def _store(pattern_ok: bool) -> Parser:
+    """A store: a bare path, or a mapping of _STORE_PARSERS keys. Files need not exist yet: a
+    missing one is reported by the file read status, not refused, so a node being set up runs."""
+
+    def parse(node: yaml.Node, where: str, errors: _Errors, base: Path) -> StoreSpec | None:
+        if isinstance(node, yaml.ScalarNode):
+            nodes: dict[str, yaml.Node] = {}
+            values = {"path": _typed(str, "a file path or a mapping with 'path'")(node, where, errors, base)}
+        else:
+            values, nodes = _fields(node, where, _STORE_PARSERS, errors, base)
+            if isinstance(node, yaml.MappingNode) and "path" not in values:
+                errors.add(node, where, "missing required key 'path'")
+        if values.get("path") is None:
+            return None
+        sources = [key for key in _PASSWORD_SOURCES if key in values]
+        if len(sources) > 1:
+            message = f"give one password source, not {' and '.join(sources)}"
+            errors.add(nodes[sources[1]], f"{where}.{sources[1]}", message)
+        if not pattern_ok and glob.has_magic(values["path"]):
+            errors.add(nodes.get("path", node), where, "expected one file here, not a pattern")
+        labels = values.pop("labels", {})
+        return StoreSpec(**{**values, "path": str(base / values["path"]), "labels": tuple(sorted(labels.items()))})
+
+    return parse
+
+
 _GLOBAL_PARSERS: dict[str, Parser] = {
     "output": _output,
     "interval": _duration,
@@ -302,6 +390,7 @@ _GLOBAL_PARSERS: dict[str, Parser] = {
 
 _DEFAULTS_PARSERS: dict[str, Parser] = {
     "verify": _typed(bool, "true or false"),
+    "verify_hostname": _typed(bool, "true or false"),
     "ca_file": _readable_file,
     "client_cert": _readable_file,
     "client_key": _readable_file,
@@ -309,9 +398,12 @@ _DEFAULTS_PARSERS: dict[str, Parser] = {
     "labels": _labels,
     "min_version": _tls_version,
     "max_version": _tls_version,
+    "truststore": _store(pattern_ok=False),
+    "client_keystore": _store(pattern_ok=False),
 }
 
 _TARGET_PARSERS: dict[str, Parser] = {
+    "keystore": _store(pattern_ok=False),
     "address": _address,
     "name": _typed(str, "a non-empty string"),
     "server_name": _typed(str, "a host name"),
@@ -350,6 +442,9 @@ def _target(node: yaml.Node, where: str, common: dict[str, Any], errors: _Errors
         return None
     merged = {**common, **values}
     host, port = merged.pop("address")
+    for ours, theirs in (("truststore", "ca_file"), ("client_keystore", "client_cert")):
+        if merged.get(ours) and merged.get(theirs):
+            errors.add(nodes.get(ours, node), f"{where}.{ours}", f"give {ours} or {theirs}, not both")
     if merged.get("client_key") and not merged.get("client_cert"):
         errors.add(nodes.get("client_key", node), f"{where}.client_key", "client_key needs client_cert")
     if merged["timeout"] > merged["interval"]:
@@ -398,6 +493,8 @@ def parse(text: str, path: str = "<config>") -> Config:
         **_GLOBAL_PARSERS,
         "defaults": lambda n, w, e, b: n,
         "targets": lambda n, w, e, b: n,
+        "files": lambda n, w, e, b: n,
+        "discover": lambda n, w, e, b: n,
     }
     values, _ = _fields(root, "", top_parsers, errors, base)
     settings = {**GLOBAL_DEFAULTS, **{k: v for k, v in values.items() if k in _GLOBAL_PARSERS}}
@@ -429,9 +526,95 @@ def parse(text: str, path: str = "<config>") -> Config:
             first_seen[target.name] = item.start_mark.line + 1
             targets.append(target)
 
+    files = _files(values.get("files"), errors, base)
+    for found in _discover(values.get("discover"), common, errors, base):
+        if isinstance(found, StoreSpec):
+            files.append(found)
+        elif found.name in first_seen:
+            errors.add(values["discover"], "discover", f"a discovered target is named {found.name!r}, like another")
+        else:
+            first_seen[found.name] = 0
+            targets.append(found)
+    targets = [_stores_with_passwords(t, files) for t in targets]
     if errors.messages:
         raise ConfigError(errors.messages)
-    return Config(path=path, targets=tuple(targets), **settings)
+    return Config(
+        path=path,
+        targets=tuple(targets),
+        files=_watched(files, targets),
+        warnings=tuple(errors.warnings),
+        **settings,
+    )
+
+
+def _files(node: yaml.Node | None, errors: _Errors, base: Path) -> list[StoreSpec]:
+    if node is None:
+        return []
+    if not isinstance(node, yaml.SequenceNode):
+        errors.add(node, "files", f"expected a list of files, globs or directories, got {_kind(node)}")
+        return []
+    parse_one = _store(pattern_ok=True)
+    return [spec for i, item in enumerate(node.value) if (spec := parse_one(item, f"files[{i}]", errors, base))]
+
+
+def _stores_with_passwords(target: Target, files: list[StoreSpec]) -> Target:
+    """A target's store given as a bare path opens the way the `files:` entry of that path says."""
+    listed = {spec.path: spec for spec in files if not glob.has_magic(spec.path)}
+    changes: dict[str, Any] = {}
+    for key in ("truststore", "client_keystore", "keystore"):
+        spec: StoreSpec | None = getattr(target, key)
+        if spec is not None and spec == StoreSpec(spec.path) and spec.path in listed:
+            changes[key] = listed[spec.path]
+    return replace(target, **changes) if changes else target
+
+
+def _watched(files: list[StoreSpec], targets: list[Target]) -> tuple[StoreSpec, ...]:
+    """Every file to watch: those listed, then the stores targets name; one spec per path."""
+    named = [s for t in targets for s in (t.truststore, t.client_keystore, t.keystore) if s is not None]
+    by_path: dict[str, StoreSpec] = {}
+    for spec in [*files, *named]:
+        by_path.setdefault(spec.path, spec)
+    return tuple(by_path.values())
+
+
+def _discover(node: yaml.Node | None, common: dict[str, Any], errors: _Errors, base: Path) -> list[Target | StoreSpec]:
+    """Targets and files derived from products' own config files (see discover/)."""
+    if node is None:
+        return []
+    from . import discover  # discover builds Targets, so it imports this module
+
+    found: list[Target | StoreSpec] = []
+    for product, value_node in _mapping(node, "discover", errors):
+        where = f"discover.{product}"
+        if product not in discover.PRODUCTS:
+            errors.add(value_node, where, f"unknown product; expected one of {', '.join(sorted(discover.PRODUCTS))}")
+            continue
+        if isinstance(value_node, yaml.ScalarNode):
+            options = {"path": _readable_file(value_node, where, errors, base)}
+        else:
+            options, _ = _fields(value_node, where, _DISCOVER_PARSERS, errors, base)
+            if isinstance(value_node, yaml.MappingNode) and "path" not in options:
+                errors.add(value_node, where, f"missing required key 'path' (of {product}'s config file)")
+        if options.get("path") is None:
+            continue
+        try:
+            result = discover.PRODUCTS[product](options["path"], options.get("address"))
+        except ConfigError as exc:
+            errors.messages.extend(exc.messages)
+            continue
+        labels = {**common["labels"], **options.get("labels", {})}
+        for values in result.targets:
+            merged = {**common, **values, "labels": tuple(sorted({**labels, **values.get("labels", {})}.items()))}
+            found.append(Target(**merged))
+        found.extend(result.files)
+    return found
+
+
+_DISCOVER_PARSERS: dict[str, Parser] = {
+    "path": _readable_file,
+    "address": _typed(str, "a host name or IP address to probe instead of the one the file gives"),
+    "labels": _labels,
+}
 
 
 def load(path: str | os.PathLike[str]) -> Config:

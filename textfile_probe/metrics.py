@@ -23,7 +23,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
-from .certs import chain_expiry, earliest_expiry
+from .certs import CertInfo, chain_expiry, earliest_expiry
+from .files import FileResult
 from .probe import ProbeResult
 
 NS = "textfile_probe"
@@ -76,17 +77,20 @@ def _verify(r: ProbeResult) -> Samples:
     return _one(1.0 if r.verify_result == "ok" else 0.0, reason=r.verify_result or "")
 
 
+def _cert_labels(position: int, cert: CertInfo) -> dict[str, str]:
+    return {
+        "position": str(position),
+        "subject_cn": cert.subject_cn,
+        "issuer_cn": cert.issuer_cn,
+        "serial": cert.serial,
+        "fingerprint_sha256": cert.fingerprint_sha256,
+    }
+
+
 def _per_cert(field: str) -> Callable[[ProbeResult], Samples]:
     def samples(r: ProbeResult) -> Samples:
         for position, cert in enumerate(r.peer_chain):
-            labels = {
-                "position": str(position),
-                "subject_cn": cert.subject_cn,
-                "issuer_cn": cert.issuer_cn,
-                "serial": cert.serial,
-                "fingerprint_sha256": cert.fingerprint_sha256,
-            }
-            yield labels, getattr(cert, field)
+            yield _cert_labels(position, cert), getattr(cert, field)
 
     return samples
 
@@ -118,6 +122,64 @@ TARGET_FAMILIES: tuple[_Family, ...] = (
      _per_cert("not_before")),
     (f"{NS}_failure_info", "Present with value 1 when the probe failed: the stage it failed in and why", _failure),
 )  # fmt: skip
+
+
+def _file_read(f: FileResult) -> Samples:
+    return _one(1.0 if f.ok else 0.0, format=f.format, reason=f.reason)
+
+
+def _file_cert(field: str) -> Callable[[FileResult], Samples]:
+    def samples(f: FileResult) -> Samples:
+        for entry, cert in f.certs:
+            labels = {"alias": entry.alias, "entry": entry.entry, **_cert_labels(entry.position, cert)}
+            yield labels, getattr(cert, field)
+
+    return samples
+
+
+FILE_FAMILIES: tuple[tuple[str, str, Callable[[FileResult], Samples]], ...] = (
+    (f"{NS}_file_read_success", "Whether the certificate file or keystore was read; reason says why not",
+     _file_read),
+    (f"{NS}_file_modified_timestamp_seconds", "When the file was last modified, as a Unix timestamp",
+     lambda f: _one(f.modified)),
+    (f"{NS}_file_cert_not_after_timestamp_seconds", "notAfter of each certificate in the file, as a Unix timestamp",
+     _file_cert("not_after")),
+    (f"{NS}_file_cert_not_before_timestamp_seconds", "notBefore of each certificate in the file, as a Unix timestamp",
+     _file_cert("not_before")),
+)  # fmt: skip
+
+_MATCH = f"{NS}_served_cert_matches_file"
+_MATCH_HELP = "Whether the leaf the endpoint serves is the certificate of the paired keystore or file on disk"
+
+
+def served_matches(result: ProbeResult, files: dict[str, FileResult]) -> float | None:
+    """1 if the served leaf is a leaf of the target's paired store, 0 if not, None if either side
+    is unknown (no paired store, no certificate received, or the file could not be read)."""
+    spec = result.target.keystore
+    read = files.get(spec.path) if spec is not None else None
+    if read is None or not read.ok or not result.peer_chain:
+        return None
+    return 1.0 if result.peer_chain[0].fingerprint_sha256 in read.leaves else 0.0
+
+
+def _file_families(files: Sequence[FileResult], results: Sequence[ProbeResult]) -> Iterator[Metric]:
+    for name, help_text, samples_of in FILE_FAMILIES:
+        family = GaugeMetricFamily(name, help_text)
+        for read in files:
+            base = {"path": clean(read.path), **dict(read.spec.labels)}
+            for labels, value in samples_of(read):
+                family.add_sample(name, {**base, **{k: clean(v) for k, v in labels.items()}}, value)
+        if family.samples:
+            yield family
+    by_path = {f.path: f for f in files}
+    family = GaugeMetricFamily(_MATCH, _MATCH_HELP)
+    for result in results:
+        match = served_matches(result, by_path)
+        if match is not None and result.target.keystore is not None:
+            labels = {"target": clean(result.target.name), **dict(result.target.labels)}
+            family.add_sample(_MATCH, {**labels, "path": clean(result.target.keystore.path)}, match)
+    if family.samples:
+        yield family
 
 
 @dataclass(frozen=True)
@@ -173,9 +235,16 @@ def _family_slices(results: Sequence[ProbeResult], targets: int | None) -> Itera
                 yield family
 
 
-def families(results: Sequence[ProbeResult], health: Health | None, targets: int | None = None) -> Iterator[Metric]:
-    """The metric families (target families possibly in several slices), then the daemon's health."""
+def families(
+    results: Sequence[ProbeResult],
+    health: Health | None,
+    targets: int | None = None,
+    files: Sequence[FileResult] = (),
+) -> Iterator[Metric]:
+    """The metric families (target families possibly in several slices), the files', then the
+    daemon's health."""
     yield from _family_slices(results, targets)
+    yield from _file_families(files, results)
     if health is not None:
         yield from _health_families(results, health, len(results) if targets is None else targets)
 
@@ -188,14 +257,19 @@ class _One(Collector):
         return (self._metric,)
 
 
-def render_chunks(results: Sequence[ProbeResult], health: Health | None, targets: int | None = None) -> Iterator[bytes]:
+def render_chunks(
+    results: Sequence[ProbeResult],
+    health: Health | None,
+    targets: int | None = None,
+    files: Sequence[FileResult] = (),
+) -> Iterator[bytes]:
     """The exposition text in chunks, each rendered by client_python from its own fresh registry.
 
     A family rendered in several slices keeps only the first slice's HELP/TYPE lines, so the
     concatenation is exactly the text one registry holding every sample would give.
     """
     previous = ""
-    for family in families(results, health, targets):
+    for family in families(results, health, targets, files):
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_One(family))
         text = generate_latest(registry)
@@ -213,6 +287,11 @@ def _without_header(text: bytes) -> bytes:
     return text[type_end:]
 
 
-def render(results: Sequence[ProbeResult], health: Health | None, targets: int | None = None) -> bytes:
+def render(
+    results: Sequence[ProbeResult],
+    health: Health | None,
+    targets: int | None = None,
+    files: Sequence[FileResult] = (),
+) -> bytes:
     """The whole exposition text at once (for small outputs: `probe --format prom`, tests)."""
-    return b"".join(render_chunks(results, health, targets))
+    return b"".join(render_chunks(results, health, targets, files))

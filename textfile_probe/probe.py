@@ -102,7 +102,8 @@ async def _run(target: Target, progress: _Progress) -> None:
             progress.phases["starttls"] = time.perf_counter() - started
 
         progress.stage = Stage.HANDSHAKE
-        conn = tls.new_connection(ctx, target.server_name, have_cert=target.client_cert is not None)
+        have_cert = target.client_cert is not None or target.client_keystore is not None
+        conn = tls.new_connection(ctx, target.server_name, have_cert, target.verify_hostname)
         started = time.perf_counter()
         try:
             progress.handshake = await tls.handshake(sock, conn, early)

@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timezone
 
 from .certs import CertInfo
+from .files import FileResult
 from .probe import ProbeResult
 
 _DAY = 86400.0
@@ -57,4 +58,23 @@ def render_text(result: ProbeResult, now: float | None = None) -> str:
         lines.append(f"chain sent by the server ({len(result.peer_chain)} certificates):")
         for position, cert in enumerate(result.peer_chain):
             lines += _cert_lines(position, cert, now)
+    return "\n".join(lines) + "\n"
+
+
+def render_file_text(read: FileResult, now: float | None = None) -> str:
+    """A file's certificates, entry by entry, in the same shape as an endpoint's chain."""
+    now = time.time() if now is None else now
+    outcome = "OK" if read.ok else f"FAILED: {read.reason}" + (f" ({read.detail})" if read.detail else "")
+    lines = [f"file:        {read.path}", f"result:      {outcome}"]
+    if read.format:
+        lines.append(f"format:      {read.format}, {len(read.certs)} certificates")
+    if read.modified is not None:
+        lines.append(f"modified:    {_when(read.modified)}")
+    entry_of = None
+    for store_cert, cert in read.certs:
+        if (store_cert.alias, store_cert.entry) != entry_of or store_cert.position == 0:
+            entry_of = (store_cert.alias, store_cert.entry)
+            alias = f"alias {store_cert.alias!r}, " if store_cert.alias else ""
+            lines.append(f"entry:       {alias}{store_cert.entry.replace('_', ' ')}")
+        lines += _cert_lines(store_cert.position, cert, now)
     return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ from . import logs, tls
 from .certs import earliest_expiry
 from .config import Config, Target
 from .errors import ConfigError
+from .files import FileResult, FileWatcher
 from .metrics import Health, render_chunks
 from .probe import ProbeResult, probe
 from .textfile import remove_stale_temps, write_atomic
@@ -67,6 +68,9 @@ class Daemon:
         self.config = config
         self.log_level_override = log_level
         self.results: dict[str, ProbeResult] = {}
+        self.files: list[FileResult] = []
+        self._watcher = FileWatcher()
+        self._files_due = True
         self.config_ok = True
         self.config_loaded_at = time.time() if loaded_at is None else loaded_at
         self.last_cycle_duration = 0.0
@@ -88,6 +92,11 @@ class Daemon:
         for interval, targets in by_interval.items():
             # schedule annotates intervals as int but builds a timedelta, so sub-second values work.
             self._scheduler.every(interval).seconds.do(self._mark_due, targets)  # type: ignore[arg-type]
+        if self.config.files:
+            self._scheduler.every(self.config.interval).seconds.do(self._mark_files_due)  # type: ignore[arg-type]
+
+    def _mark_files_due(self) -> None:
+        self._files_due = True
 
     def _mark_due(self, targets: Sequence[Target]) -> None:
         self._due.update((t.name, t) for t in targets)
@@ -104,7 +113,7 @@ class Daemon:
                 self._record(await probe(target))  # replacing the old result frees it at once
 
         workers = min(self.config.concurrency, len(targets))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        await asyncio.gather(*(worker() for _ in range(workers)), self.refresh_files())
         self.last_cycle_duration = time.perf_counter() - started
         self.last_cycle_end = time.time()
         return await self.write()
@@ -149,12 +158,27 @@ class Daemon:
                 },
             )
 
+    async def refresh_files(self) -> None:
+        """Re-read the watched files that changed (in a thread: a changed keystore takes a parse),
+        and log each file whose read status changed."""
+        self._files_due = False
+        before = {f.path: f.reason for f in self.files}
+        self.files = await asyncio.to_thread(self._watcher.refresh, self.config.files)
+        for read in self.files:
+            if before.get(read.path, "ok") != read.reason:
+                if read.ok:
+                    log.info("file readable again", extra={"path": read.path})
+                else:
+                    log.warning(
+                        "cannot read file", extra={"path": read.path, "reason": read.reason, "detail": read.detail}
+                    )
+
     def current_results(self) -> list[ProbeResult]:
         return [self.results[t.name] for t in self.config.targets if t.name in self.results]
 
     async def write(self) -> bool:
         health = Health(self.last_cycle_duration, self.last_cycle_end, self.config_ok, self.config_loaded_at)
-        chunks = render_chunks(self.current_results(), health, len(self.config.targets))
+        chunks = render_chunks(self.current_results(), health, len(self.config.targets), self.files)
         try:
             await asyncio.to_thread(write_atomic, self.config.output, chunks)
         except OSError as exc:
@@ -186,7 +210,10 @@ class Daemon:
                 os.unlink(old_output)
         names = {t.name for t in new.targets}
         self.results = {k: v for k, v in self.results.items() if k in names}
+        self._files_due = True
         self._plan()
+        for warning in new.warnings:
+            log.warning("config warning", extra={"warning": warning})
         log.info("config reloaded", extra={"targets": len(new.targets)})
         return True
 
@@ -243,7 +270,7 @@ class Daemon:
                 self._notify(f"READY=1\nSTATUS={self.status()}")
             batch = list(due) or self._take_due()
             due = ()
-            if batch:
+            if batch or self._files_due:
                 if not await self._run_cycle(batch):
                     break
                 self._notify(f"STATUS={self.status()}")

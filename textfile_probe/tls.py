@@ -16,16 +16,20 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from . import files
 from .ciphers import iana_name
-from .config import Target, TlsVersion
+from .config import StoreSpec, Target, TlsVersion
 from .errors import ProbeError, Stage, tls_reason
+from .stores import StoreError
 
 _READ_SIZE = 16384
 _GROUPS = b"X25519:P-256:P-384:P-521:X448:ffdhe2048:ffdhe3072:ffdhe4096"
@@ -41,23 +45,42 @@ _VERSION_BY_NAME = {f"TLSv1.{v.value - 0x0301}": v for v in TlsVersion} | {"TLSv
 
 @dataclass(frozen=True)
 class TlsSettings:
-    """The parts of a target that shape its SSL context; targets that share them share a context."""
+    """The parts of a target that shape its SSL context; targets that share them share a context.
+
+    `stamps` identify the current contents of the files named (stat results), so a CA bundle or
+    keystore replaced on disk gets a new context at the next probe, without a reload."""
 
     ca_file: str | None
     client_cert: str | None
     client_key: str | None
     min_version: TlsVersion | None
     max_version: TlsVersion | None
+    truststore: StoreSpec | None = None
+    client_keystore: StoreSpec | None = None
+    stamps: tuple[object, ...] = ()
 
     @classmethod
     def of(cls, target: Target) -> TlsSettings:
+        paths = [p for p in (target.ca_file, target.client_cert, target.client_key) if p]
+        paths += [s.path for s in (target.truststore, target.client_keystore) if s is not None]
         return cls(
             target.ca_file,
             target.client_cert,
             target.client_key,
             target.min_version,
             target.max_version,
+            target.truststore,
+            target.client_keystore,
+            tuple(_file_stamp(p) for p in paths),
         )
+
+
+def _file_stamp(path: str) -> object:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return exc.errno
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +144,14 @@ def context_for(settings: TlsSettings) -> SSL.Context:
     try:
         if settings.ca_file:
             ctx.load_verify_locations(settings.ca_file)
-        else:
+        elif settings.truststore is None:
             ctx.set_default_verify_paths()
     except SSL.Error as exc:
         raise ProbeError(Stage.SETUP, "bad_ca_file", str(exc)) from None
+    if settings.truststore is not None:
+        _trust_store(ctx, settings.truststore)
+    if settings.client_keystore is not None:
+        _client_identity(ctx, settings.client_keystore)
     if settings.client_cert:
         try:
             ctx.use_certificate_chain_file(settings.client_cert)
@@ -133,6 +160,31 @@ def context_for(settings: TlsSettings) -> SSL.Context:
         except SSL.Error as exc:
             raise ProbeError(Stage.SETUP, "bad_client_cert", str(exc)) from None
     return ctx
+
+
+def _trust_store(ctx: SSL.Context, spec: StoreSpec) -> None:
+    read = files.read_file(spec.path, spec)
+    if not read.ok or not read.certs:
+        detail = f"{spec.path}: {read.reason}" + (f": {read.detail}" if read.detail else "")
+        raise ProbeError(Stage.SETUP, "bad_truststore", detail if read.certs or not read.ok else f"{spec.path}: empty")
+    store = ctx.get_cert_store()
+    assert store is not None  # a client context always has one
+    for entry, _info in read.certs:
+        store.add_cert(crypto.X509.from_cryptography(x509.load_der_x509_certificate(entry.der)))
+
+
+def _client_identity(ctx: SSL.Context, spec: StoreSpec) -> None:
+    try:
+        found = files.load_identity(spec)
+        ctx.use_certificate(crypto.X509.from_cryptography(found.chain[0]))
+        for cert in found.chain[1:]:
+            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(cert))
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(found.key))
+        ctx.check_privatekey()
+    except StoreError as exc:
+        raise ProbeError(Stage.SETUP, "bad_client_keystore", f"{spec.path}: {exc.reason}: {exc.detail}") from None
+    except (SSL.Error, TypeError, ValueError) as exc:
+        raise ProbeError(Stage.SETUP, "bad_client_keystore", f"{spec.path}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -144,8 +196,8 @@ def _expected_name(server_name: str) -> tuple[bytes, bool]:
         return server_name.encode("idna"), False
 
 
-def _expect_name(conn: SSL.Connection, server_name: str) -> bool:
-    """Ask OpenSSL to check the certificate against server_name; return whether it is an IP."""
+def _expect_name(conn: SSL.Connection, server_name: str) -> None:
+    """Ask OpenSSL to check the certificate against server_name."""
     # pyOpenSSL has no public call for this; it is what CPython's ssl module does in C.
     name, is_ip = _expected_name(server_name)
     param = _lib.SSL_get0_param(conn._ssl)
@@ -156,16 +208,19 @@ def _expect_name(conn: SSL.Connection, server_name: str) -> bool:
         ok = _lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))
     if ok != 1:
         raise ProbeError(Stage.SETUP, "bad_server_name", server_name)
-    return is_ip
 
 
-def new_connection(ctx: SSL.Context, server_name: str, have_cert: bool) -> SSL.Connection:
-    """A client TLS object over memory BIOs, set up to send SNI and check `server_name`."""
+def new_connection(ctx: SSL.Context, server_name: str, have_cert: bool, check_name: bool = True) -> SSL.Connection:
+    """A client TLS object over memory BIOs, set up to send SNI and (unless told not to) check
+    the certificate against `server_name`."""
     conn = SSL.Connection(ctx, None)
     conn.set_app_data(_State(have_cert))
     conn.set_connect_state()
-    if not _expect_name(conn, server_name):
-        conn.set_tlsext_host_name(_expected_name(server_name)[0])  # SNI is never an IP address
+    name, is_ip = _expected_name(server_name)
+    if check_name:
+        _expect_name(conn, server_name)
+    if not is_ip:
+        conn.set_tlsext_host_name(name)  # SNI is never an IP address
     return conn
 
 

@@ -1,0 +1,151 @@
+"""Apache Kafka: TLS listeners and keystores from a broker's server.properties.
+
+What the file means (Kafka's broker configuration docs): `listeners` is a comma list of
+NAME://host:port; `listener.security.protocol.map` maps each NAME to a protocol, and the
+listeners mapped to SSL or SASL_SSL speak TLS from the first byte (SASL comes after it). Each
+`ssl.*` key can be overridden per listener as `listener.name.<name in lower case>.ssl.*`, key by
+key. An empty host binds this host's name, 0.0.0.0 every address. The host clients verify is the
+one in `advertised.listeners`, so that is the name checked, when the listener is advertised.
+The file is java.util.Properties syntax, parsed by `parse_properties`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import StoreSpec
+from ..errors import ConfigError
+from .common import Discovered, probe_host, unique
+
+_DEFAULT_PROTOCOLS = {
+    "PLAINTEXT": "PLAINTEXT",
+    "SSL": "SSL",
+    "SASL_PLAINTEXT": "SASL_PLAINTEXT",
+    "SASL_SSL": "SASL_SSL",
+}
+_FORMATS = {"JKS": "jks", "PKCS12": "pkcs12", "PEM": "pem", "JCEKS": "jceks"}
+_LISTENER = re.compile(r"^([A-Za-z0-9_]+)://(\[[^\]]*\]|[^:\[\]]*):(\d{1,5})$")
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def parse_properties(text: str) -> dict[str, tuple[str, int]]:
+    """java.util.Properties.load: key -> (value, line number). Comments start with # or !, a line
+    ending in an odd number of backslashes continues, the key ends at an unescaped =, : or blank."""
+    out: dict[str, tuple[str, int]] = {}
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        start, logical = index + 1, lines[index].lstrip()
+        index += 1
+        if not logical or logical[0] in "#!":
+            continue
+        while (len(logical) - len(logical.rstrip("\\"))) % 2 and index < len(lines):
+            logical = logical[:-1] + lines[index].lstrip()
+            index += 1
+        match = re.match(r"((?:\\.|[^\\=:\s])*)\s*[=:]?\s*(.*)$", logical, re.DOTALL)
+        if match:
+            out[_unescape(match.group(1))] = (_unescape(match.group(2)), start)
+    return out
+
+
+def _unescape(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code.startswith("u") and len(code) == 5:
+            return chr(int(code[1:], 16))
+        return _ESCAPES.get(code, code)
+
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", one, text)
+
+
+def discover(path: str, address: str | None = None) -> Discovered:
+    try:
+        props = parse_properties(Path(path).read_text(encoding="latin-1"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read server.properties: {exc}"]) from None
+    errors: list[str] = []
+    home = Path(path).resolve().parent
+
+    def get(key: str, default: str | None = None) -> str | None:
+        return props[key][0].strip() if key in props else default
+
+    protocols = dict(_DEFAULT_PROTOCOLS)
+    for pair in filter(None, (get("listener.security.protocol.map") or "").split(",")):
+        name, _, protocol = pair.strip().partition(":")
+        protocols[name.strip().upper()] = protocol.strip().upper()
+    advertised = {name: host for name, host, _ in _listeners(get("advertised.listeners") or "", path, props, [])}
+    targets: list[dict[str, Any]] = []
+    files: list[StoreSpec | None] = []
+    for name, host, port in _listeners(get("listeners") or "", path, props, errors):
+        if name not in protocols:
+            line = props["listeners"][1]
+            errors.append(f"{path}:{line}: listeners: {name} has no entry in listener.security.protocol.map")
+        if protocols.get(name) not in ("SSL", "SASL_SSL"):
+            continue
+        prefix = f"listener.name.{name.lower()}."
+
+        def setting(key: str, default: str | None = None, prefix: str = prefix) -> str | None:
+            return get(prefix + key, get(key, default))
+
+        keystore = _store(setting, "ssl.keystore", home, errors, path, props)
+        truststore = _store(setting, "ssl.truststore", home, errors, path, props)
+        server_name = advertised.get(name) or ""
+        probe_at = address or probe_host(host)
+        targets.append(
+            {
+                "name": f"kafka/{name.lower()}",
+                "host": probe_at,
+                "port": port,
+                "server_name": server_name or probe_at,
+                "starttls": "none",
+                "verify_hostname": bool(server_name),
+                "ca_file": None,
+                "truststore": truststore,
+                "keystore": keystore,
+                "client_cert": None,
+                "client_key": None,
+                "client_keystore": keystore if setting("ssl.client.auth", "none") == "required" else None,
+            }
+        )
+        files += [keystore, truststore]
+    if errors:
+        raise ConfigError(errors)
+    return Discovered(tuple(targets), unique(files))
+
+
+def _listeners(
+    value: str, path: str, props: dict[str, tuple[str, int]], errors: list[str]
+) -> list[tuple[str, str, int]]:
+    line = props.get("listeners", ("", 1))[1]
+    found = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        match = _LISTENER.match(item)
+        if not match or not 1 <= int(match.group(3)) <= 65535:
+            errors.append(f"{path}:{line}: listeners: expected NAME://host:port, got {item!r}")
+            continue
+        found.append((match.group(1).upper(), match.group(2).strip("[]"), int(match.group(3))))
+    return found
+
+
+def _store(
+    setting: Callable[..., str | None],
+    key: str,
+    home: Path,
+    errors: list[str],
+    path: str,
+    props: dict[str, tuple[str, int]],
+) -> StoreSpec | None:
+    location = setting(f"{key}.location")
+    if not location:
+        return None
+    store_type = (setting(f"{key}.type", "JKS") or "JKS").upper()
+    fmt = _FORMATS.get(store_type)
+    if fmt is None:
+        line = props.get(f"{key}.type", ("", 1))[1]
+        errors.append(f"{path}:{line}: {key}.type: expected one of {', '.join(_FORMATS)}, got {store_type!r}")
+        return None
+    password = setting(f"{key}.password")
+    return StoreSpec(path=str(home / location), format=fmt, password=password or None)

@@ -589,6 +589,7 @@ def _discover(node: yaml.Node | None, common: dict[str, Any], errors: _Errors, b
         if product not in discover.PRODUCTS:
             errors.add(value_node, where, f"unknown product; expected one of {', '.join(sorted(discover.PRODUCTS))}")
             continue
+        options: dict[str, Any]
         if isinstance(value_node, yaml.ScalarNode):
             options = {"path": _readable_file(value_node, where, errors, base)}
         else:

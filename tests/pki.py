@@ -173,8 +173,12 @@ def make_leaf(
     client: bool = False,
     serial: int | None = None,
     subject_extra: str | None = None,
+    both_usages: bool = False,
 ) -> Issued:
     """An end-entity certificate; ``issuer is None`` makes it self-signed.
+
+    Its extended key usage is serverAuth, clientAuth with ``client``, or both with ``both_usages``
+    (a Cassandra node's certificate serves and authenticates internode connections).
 
     ``subject_extra`` is stored verbatim (quotes, backslashes, newlines, ...)
     as the subject's O attribute, for tests of label/escaping code.
@@ -212,7 +216,11 @@ def make_leaf(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                if both_usages
+                else [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
             critical=False,
         )
         .add_extension(_ski(key), critical=False)
@@ -298,6 +306,7 @@ class Pki:
         client: bool = False,
         serial: int | None = None,
         subject_extra: str | None = None,
+        both_usages: bool = False,
     ) -> Issued:
         """A leaf certificate; see the class docstring for the defaults."""
         expiry = self.now + valid_for if not_after is None else not_after
@@ -324,6 +333,7 @@ class Pki:
             client=client,
             serial=serial,
             subject_extra=subject_extra,
+            both_usages=both_usages,
         )
 
     def chain_for(self, leaf: Issued | x509.Certificate, *, include_root: bool = False) -> list[x509.Certificate]:

@@ -52,6 +52,7 @@ class Output:
     hostile: Issued
     intermediate: Issued
     expected_success: dict[str, float]
+    root_not_after: float
 
 
 def samples(text: str) -> list[Sample]:
@@ -93,6 +94,8 @@ def output(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Output:
     textfile_dir.mkdir()
     trust = write_pem(base / "root.pem", pki.root)
     good = pki.leaf()
+    bundle_dir = base / "certs"
+    bundle_dir.mkdir()
     expired = pki.leaf(valid_for=timedelta(days=-3))
     hostile = pki.leaf(subject_extra=HOSTILE_SUBJECT_EXTRA)
     with contextlib.ExitStack() as stack:
@@ -100,6 +103,10 @@ def output(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Output:
         expired_server = stack.enter_context(TlsServer(pki.chain_for(expired), expired.key))
         hostile_server = stack.enter_context(TlsServer(pki.chain_for(hostile), hostile.key))
         closed = stack.enter_context(ClosedPort())
+        # Files: the good server's chain (paired with its target), a bundle holding the hostile certificate,
+        # and a path that does not exist; node_exporter must take their series too.
+        write_pem(bundle_dir / "good.pem", *pki.chain_for(good))
+        write_pem(bundle_dir / "bundle.pem", hostile, pki.intermediate, pki.root)
         config = {
             "output": str(textfile_dir / OUTPUT_NAME),
             "timeout": "3s",
@@ -113,11 +120,13 @@ def output(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Output:
                     "address": good_server.address,
                     "server_name": "localhost",
                     "labels": {"team": "edge"},
+                    "keystore": str(bundle_dir / "good.pem"),
                 },
                 {"name": "expired", "address": expired_server.address, "server_name": "localhost"},
                 {"name": "hostile", "address": hostile_server.address, "server_name": "localhost"},
                 {"name": "closed", "address": closed.address, "server_name": "localhost"},
             ],
+            "files": [str(bundle_dir / "*.pem"), {"path": str(base / "missing.jks"), "labels": {"team": "db"}}],
         }
         run_once(base, config)
     path = textfile_dir / OUTPUT_NAME
@@ -129,6 +138,7 @@ def output(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Output:
         hostile=hostile,
         intermediate=pki.intermediate,
         expected_success={"good": 1.0, "expired": 0.0, "hostile": 1.0, "closed": 0.0},
+        root_not_after=not_after(pki.root),
     )
 
 
@@ -155,6 +165,26 @@ def test_file_has_the_expected_values(output: Output) -> None:
     assert one(parsed, "probe_ssl_earliest_cert_expiry", target="good").value == not_after(output.good)
     assert one(parsed, "probe_ssl_earliest_cert_expiry", target="expired").value == not_after(output.expired)
     assert not find(parsed, "probe_ssl_earliest_cert_expiry", target="closed")
+
+
+def test_file_has_the_certificate_files(output: Output) -> None:
+    parsed = samples(output.text)
+    read = {(s.labels["path"].rsplit("/", 1)[-1], s.labels["reason"]): s.value
+            for s in find(parsed, "textfile_probe_file_read_success")}  # fmt: skip
+    assert read == {("bundle.pem", "ok"): 1.0, ("good.pem", "ok"): 1.0, ("missing.jks", "not_found"): 0.0}
+    assert one(parsed, "textfile_probe_file_read_success", reason="not_found").labels["team"] == "db"
+    bundle = sorted(
+        (s.labels["position"], s.labels["subject_cn"], s.value)
+        for s in find(parsed, "textfile_probe_file_cert_not_after_timestamp_seconds")
+        if s.labels["path"].endswith("/bundle.pem")
+    )
+    assert bundle == [
+        ("0", "localhost", not_after(output.hostile)),
+        ("1", "textfile-probe Test Intermediate CA", not_after(output.intermediate)),
+        ("2", "textfile-probe Test Root CA", output.root_not_after),
+    ]
+    assert one(parsed, "textfile_probe_served_cert_matches_file", target="good").value == 1.0
+    assert not find(parsed, "textfile_probe_served_cert_matches_file", target="expired")
 
 
 # --------------------------------------------------------------------------

@@ -15,10 +15,12 @@ from prometheus_client.registry import CollectorRegistry
 
 from textfile_probe import __version__, metrics
 from textfile_probe.certs import CertInfo
-from textfile_probe.config import Target, TlsVersion
+from textfile_probe.config import StoreSpec, Target, TlsVersion
 from textfile_probe.errors import Stage
+from textfile_probe.files import FileResult
 from textfile_probe.metrics import Health, clean, render
 from textfile_probe.probe import ProbeResult
+from textfile_probe.stores import KEY_ENTRY, TRUSTED_ENTRY, StoreCert
 
 
 def cert(cn: str, not_after: float, *, issuer: str = "CA", subject: str | None = None) -> CertInfo:
@@ -214,3 +216,81 @@ def test_sliced_rendering_equals_one_registry_per_family(monkeypatch: pytest.Mon
     assert sliced == whole
     assert sliced.count(b"# TYPE probe_success gauge\n") == 1
     assert sliced.count(b"probe_success{") == 7
+
+
+def _file(path: str, *certs: tuple[StoreCert, CertInfo], reason: str = "ok", **kw: object) -> FileResult:
+    spec = StoreSpec(path=path, labels=(("team", "db"),))
+    return FileResult(path, spec, reason, certs=certs, **kw)  # type: ignore[arg-type]
+
+
+def test_file_series_render_exactly() -> None:
+    keystore = _file(
+        "/etc/cassandra/keystore.jks",
+        (StoreCert("node", KEY_ENTRY, 0, b""), LEAF),
+        (StoreCert("node", KEY_ENTRY, 1, b""), INTER),
+        (StoreCert("ca-0", TRUSTED_ENTRY, 0, b""), ROOT),
+        format="jks",
+        leaves=frozenset({"db1-fp"}),
+        modified=1_750_000_000.0,
+    )
+    missing = _file("/etc/cassandra/truststore.jks", reason="not_found")
+    paired = replace(OK, target=replace(TARGET, keystore=StoreSpec("/etc/cassandra/keystore.jks")))
+    text = render([paired], None, files=[keystore, missing]).decode()
+    file_part = text[text.index("# HELP textfile_probe_file_read_success") :]
+    ks = 'path="/etc/cassandra/keystore.jks",team="db"'
+    cert_labels = [
+        f'alias="node",entry="private_key",fingerprint_sha256="db1-fp",issuer_cn="Inter",{ks[:-10]}'
+        f',position="0",serial="1a",subject_cn="db1",team="db"',
+        f'alias="node",entry="private_key",fingerprint_sha256="Inter-fp",issuer_cn="Root",{ks[:-10]}'
+        f',position="1",serial="1a",subject_cn="Inter",team="db"',
+        f'alias="ca-0",entry="trusted_cert",fingerprint_sha256="Root-fp",issuer_cn="Root",{ks[:-10]}'
+        f',position="0",serial="1a",subject_cn="Root",team="db"',
+    ]
+    expected = (
+        "# HELP textfile_probe_file_read_success Whether the certificate file or keystore was read; "
+        "reason says why not\n"
+        "# TYPE textfile_probe_file_read_success gauge\n"
+        f'textfile_probe_file_read_success{{format="jks",{ks[:-10]},reason="ok",team="db"}} 1.0\n'
+        'textfile_probe_file_read_success{format="",path="/etc/cassandra/truststore.jks",reason="not_found",'
+        'team="db"} 0.0\n'
+        "# HELP textfile_probe_file_modified_timestamp_seconds When the file was last modified, as a Unix timestamp\n"
+        "# TYPE textfile_probe_file_modified_timestamp_seconds gauge\n"
+        f"textfile_probe_file_modified_timestamp_seconds{{{ks}}} 1.75e+09\n"
+        "# HELP textfile_probe_file_cert_not_after_timestamp_seconds notAfter of each certificate in the file, "
+        "as a Unix timestamp\n"
+        "# TYPE textfile_probe_file_cert_not_after_timestamp_seconds gauge\n"
+        f"textfile_probe_file_cert_not_after_timestamp_seconds{{{cert_labels[0]}}} 1.8e+09\n"
+        f"textfile_probe_file_cert_not_after_timestamp_seconds{{{cert_labels[1]}}} 1.79e+09\n"
+        f"textfile_probe_file_cert_not_after_timestamp_seconds{{{cert_labels[2]}}} 2e+09\n"
+        "# HELP textfile_probe_file_cert_not_before_timestamp_seconds notBefore of each certificate in the file, "
+        "as a Unix timestamp\n"
+        "# TYPE textfile_probe_file_cert_not_before_timestamp_seconds gauge\n"
+        f"textfile_probe_file_cert_not_before_timestamp_seconds{{{cert_labels[0]}}} 1.7e+09\n"
+        f"textfile_probe_file_cert_not_before_timestamp_seconds{{{cert_labels[1]}}} 1.7e+09\n"
+        f"textfile_probe_file_cert_not_before_timestamp_seconds{{{cert_labels[2]}}} 1.7e+09\n"
+        "# HELP textfile_probe_served_cert_matches_file Whether the leaf the endpoint serves is the certificate of "
+        "the paired keystore or file on disk\n"
+        "# TYPE textfile_probe_served_cert_matches_file gauge\n"
+        'textfile_probe_served_cert_matches_file{dc="east",path="/etc/cassandra/keystore.jks",target="cassandra"} 1.0\n'
+    )
+    assert file_part == expected
+
+
+def test_served_match_is_zero_for_another_leaf_and_absent_when_unknown() -> None:
+    paired = replace(OK, target=replace(TARGET, keystore=StoreSpec("/ks.p12")))
+    renewed = _file("/ks.p12", format="pkcs12", leaves=frozenset({"renewed-fp"}))
+    assert metrics.served_matches(paired, {"/ks.p12": renewed}) == 0.0
+    assert metrics.served_matches(paired, {"/ks.p12": replace(renewed, leaves=frozenset({"db1-fp"}))}) == 1.0
+    assert metrics.served_matches(paired, {"/ks.p12": _file("/ks.p12", reason="bad_password")}) is None
+    assert metrics.served_matches(paired, {}) is None
+    assert metrics.served_matches(replace(paired, peer_chain=()), {"/ks.p12": renewed}) is None
+    assert metrics.served_matches(OK, {"/ks.p12": renewed}) is None  # no pairing
+
+
+def test_hostile_alias_and_path_cannot_break_the_format() -> None:
+    hostile = 'a"b\\c\nd\x00e'
+    read = _file(f"/tmp/{hostile}.jks", (StoreCert(hostile, TRUSTED_ENTRY, 0, b""), ROOT), format="jks")
+    text = render([], None, files=[read]).decode()
+    parsed = {s.name: s.labels for f in text_string_to_metric_families(text) for s in f.samples}
+    assert parsed["textfile_probe_file_cert_not_after_timestamp_seconds"]["alias"] == 'a"b\\c\nd\ufffde'
+    assert parsed["textfile_probe_file_read_success"]["path"] == '/tmp/a"b\\c\nd\ufffde.jks'

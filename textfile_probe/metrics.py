@@ -162,7 +162,7 @@ def served_matches(result: ProbeResult, files: dict[str, FileResult]) -> float |
     return 1.0 if result.peer_chain[0].fingerprint_sha256 in read.leaves else 0.0
 
 
-def _file_families(files: Sequence[FileResult], results: Sequence[ProbeResult]) -> Iterator[Metric]:
+def _file_families(files: Sequence[FileResult]) -> Iterator[Metric]:
     for name, help_text, samples_of in FILE_FAMILIES:
         family = GaugeMetricFamily(name, help_text)
         for read in files:
@@ -171,6 +171,9 @@ def _file_families(files: Sequence[FileResult], results: Sequence[ProbeResult]) 
                 family.add_sample(name, {**base, **{k: clean(v) for k, v in labels.items()}}, value)
         if family.samples:
             yield family
+
+
+def _match_family(files: Sequence[FileResult], results: Sequence[ProbeResult]) -> Iterator[Metric]:
     by_path = {f.path: f for f in files}
     family = GaugeMetricFamily(_MATCH, _MATCH_HELP)
     for result in results:
@@ -244,7 +247,8 @@ def families(
     """The metric families (target families possibly in several slices), the files', then the
     daemon's health."""
     yield from _family_slices(results, targets)
-    yield from _file_families(files, results)
+    yield from _file_families(files)
+    yield from _match_family(files, results)
     if health is not None:
         yield from _health_families(results, health, len(results) if targets is None else targets)
 
@@ -257,11 +261,28 @@ class _One(Collector):
         return (self._metric,)
 
 
+class FileText:
+    """The file families' text, rendered again only when the results differ from last time. The
+    file watcher hands out the very same FileResult objects while nothing changed, so a cycle over
+    an unchanged directory of a thousand keystores renders nothing for them."""
+
+    def __init__(self) -> None:
+        self._files: tuple[FileResult, ...] = ()
+        self._text = b""
+
+    def __call__(self, files: Sequence[FileResult]) -> bytes:
+        if len(files) != len(self._files) or any(a is not b for a, b in zip(files, self._files, strict=True)):
+            self._text = b"".join(_text(family) for family in _file_families(files))
+            self._files = tuple(files)
+        return self._text
+
+
 def render_chunks(
     results: Sequence[ProbeResult],
     health: Health | None,
     targets: int | None = None,
     files: Sequence[FileResult] = (),
+    file_text: FileText | None = None,
 ) -> Iterator[bytes]:
     """The exposition text in chunks, each rendered by client_python from its own fresh registry.
 
@@ -269,14 +290,22 @@ def render_chunks(
     concatenation is exactly the text one registry holding every sample would give.
     """
     previous = ""
-    for family in families(results, health, targets, files):
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_One(family))
-        text = generate_latest(registry)
-        if family.name == previous:
-            text = _without_header(text)
+    for family in _family_slices(results, targets):
+        text = _text(family)
+        yield _without_header(text) if family.name == previous else text
         previous = family.name
-        yield text
+    yield (file_text or FileText())(files)
+    for family in _match_family(files, results):
+        yield _text(family)
+    if health is not None:
+        for family in _health_families(results, health, len(results) if targets is None else targets):
+            yield _text(family)
+
+
+def _text(family: Metric) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_One(family))
+    return generate_latest(registry)
 
 
 def _without_header(text: bytes) -> bytes:

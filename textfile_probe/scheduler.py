@@ -28,7 +28,7 @@ from .certs import earliest_expiry
 from .config import Config, Target
 from .errors import ConfigError
 from .files import FileResult, FileWatcher
-from .metrics import Health, render_chunks
+from .metrics import FileText, Health, render_chunks
 from .probe import ProbeResult, probe
 from .textfile import remove_stale_temps, write_atomic
 
@@ -70,6 +70,7 @@ class Daemon:
         self.results: dict[str, ProbeResult] = {}
         self.files: list[FileResult] = []
         self._watcher = FileWatcher()
+        self._file_text = FileText()
         self._files_due = True
         self.config_ok = True
         self.config_loaded_at = time.time() if loaded_at is None else loaded_at
@@ -178,7 +179,7 @@ class Daemon:
 
     async def write(self) -> bool:
         health = Health(self.last_cycle_duration, self.last_cycle_end, self.config_ok, self.config_loaded_at)
-        chunks = render_chunks(self.current_results(), health, len(self.config.targets), self.files)
+        chunks = render_chunks(self.current_results(), health, len(self.config.targets), self.files, self._file_text)
         try:
             await asyncio.to_thread(write_atomic, self.config.output, chunks)
         except OSError as exc:

@@ -35,6 +35,8 @@ from servers import ClosedPort, Tarpit, TlsServer
 
 from textfile_probe import config
 from textfile_probe.certs import describe
+from textfile_probe.config import StoreSpec
+from textfile_probe.files import read_file
 from textfile_probe.probe import ProbeResult
 from textfile_probe.scheduler import Daemon, status_line
 from textfile_probe.sdnotify import Notifier
@@ -260,6 +262,13 @@ def test_status_line_counts_failures_and_names_the_earliest_expiry(pki: Pki, tmp
     )
     expired = [ProbeResult(old, False, 0.1, peer_chain=chain(-2.5)), *results]
     assert status_line(expired, 4, now) == "4 targets, 2 failing, expired 2.5 days ago (old)"
+
+    store = tmp_path / "truststore.pem"
+    write_pem(store, pki.leaf(valid_for=timedelta(days=9.5)))
+    watched = [read_file(str(store), StoreSpec(str(store))), read_file("/nonexistent.jks", StoreSpec("/x"))]
+    assert status_line(results, 12, now, files=watched) == (
+        f"12 targets, 1 failing, 2 files (1 unreadable), next expiry in 9.5 days ({store})"
+    )
 
 
 # --------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 It makes a throwaway CA and two server certificates (one valid, one expired), serves them from
 TLS endpoints on 127.0.0.1, writes a config naming them, runs real probe cycles through the same
-daemon code as `run`, and prints the resulting .prom file.
+daemon code as `run`, and prints the resulting .prom file. The expired endpoint's certificate has
+been "renewed" on disk but not loaded, so its served-versus-disk gauge shows 0; the CA file is
+watched as a certificate file.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ async def _demo(directory: Path, cycles: int) -> str:
     issuer = (ca.subject, ca_key)
     good = _certificate("localhost", ok_key, issuer, (-1, 20))
     expired = _certificate("localhost", old_key, issuer, (-30, -2))
+    renewed = _certificate("localhost", old_key, issuer, (-1, 25))
     (directory / "ca.pem").write_bytes(_pem(ca))
+    (directory / "renewed.pem").write_bytes(_pem(renewed, old_key))
 
     servers = [
         await asyncio.start_server(_serve, "127.0.0.1", 0, ssl=_server_context(directory, n, c, k))
@@ -99,9 +103,11 @@ defaults:
   ca_file: {directory / "ca.pem"}
   labels: {{env: demo}}
 targets:
-  - {{name: valid, address: "127.0.0.1:{ports[0]}", server_name: localhost}}
-  - {{name: expired, address: "127.0.0.1:{ports[1]}", server_name: localhost}}
+  - {{name: valid, address: "127.0.0.1:{ports[0]}", server_name: localhost, keystore: valid.pem}}
+  - {{name: expired, address: "127.0.0.1:{ports[1]}", server_name: localhost, keystore: renewed.pem}}
   - {{name: closed-port, address: "127.0.0.1:1", timeout: 1s}}
+files:
+  - ca.pem
 """
     )
     config = config_mod.load(config_path)

@@ -28,7 +28,7 @@ from .certs import earliest_expiry
 from .config import Config, Target
 from .errors import ConfigError
 from .files import FileResult, FileWatcher
-from .metrics import FileText, Health, render_chunks
+from .metrics import FileText, Health, clean, render_chunks
 from .probe import ProbeResult, probe
 from .textfile import remove_stale_temps, write_atomic
 
@@ -46,18 +46,32 @@ def _targets(count: int) -> str:
     return f"{count} target{'' if count == 1 else 's'}"
 
 
-def status_line(results: Sequence[ProbeResult], targets: int, now: float, config_ok: bool = True) -> str:
-    """One line for `systemctl status`: targets, failures, the earliest certificate expiry and whose.
+def status_line(
+    results: Sequence[ProbeResult],
+    targets: int,
+    now: float,
+    config_ok: bool = True,
+    files: Sequence[FileResult] = (),
+) -> str:
+    """One line for `systemctl status`: targets, failures, files, the earliest certificate expiry
+    and whose (a target's name, or a watched file's path).
 
-    One line it stays: target names are printable text (config.py refuses anything else).
+    One line it stays: target names are printable text (config.py refuses anything else), and a
+    path's control characters are replaced.
     """
     text = f"{_targets(targets)}, {sum(not r.success for r in results)} failing"
+    if files:
+        unreadable = sum(not f.ok for f in files)
+        text += f", {len(files)} file{'' if len(files) == 1 else 's'}" + (
+            f" ({unreadable} unreadable)" if unreadable else ""
+        )
     expiries = [(when, r.target.name) for r in results if (when := earliest_expiry(r.peer_chain)) is not None]
+    expiries += [(min(c.not_after for _, c in f.certs), f.path) for f in files if f.certs]
     if expiries:
         when, name = min(expiries)
         days = (when - now) / _DAY
         text += f", next expiry in {days:.1f} days" if days >= 0 else f", expired {-days:.1f} days ago"
-        text += f" ({name})"
+        text += f" ({clean(name)})"
     return text if config_ok else text + "; config reload failed, running the previous config"
 
 
@@ -230,7 +244,7 @@ class Daemon:
         self._stop.set()
 
     def status(self) -> str:
-        return status_line(self.current_results(), len(self.config.targets), time.time(), self.config_ok)
+        return status_line(self.current_results(), len(self.config.targets), time.time(), self.config_ok, self.files)
 
     async def run(self, config_path: str, notify: Notify | None = None, watchdog: float | None = None) -> int:
         """Run until SIGTERM/SIGINT; return the process exit code.

@@ -69,7 +69,9 @@ def _keytool_stores(work: Path, cert: x509.Certificate, key: ec.EllipticCurvePri
         return []
     source = work / "source.p12"
     source.write_bytes(
-        pkcs12.serialize_key_and_certificates(b"node", key, cert, None, serialization.BestAvailableEncryption(b"pw1234"))
+        pkcs12.serialize_key_and_certificates(
+            b"node", key, cert, None, serialization.BestAvailableEncryption(b"pw1234")
+        )
     )
     stores = []
     for kind in ("JKS", "JCEKS"):

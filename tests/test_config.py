@@ -146,3 +146,37 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         config.parse_duration(text)
+
+
+def test_files_entries_resolve_paths_and_target_stores_share_their_passwords(tmp_path: Path) -> None:
+    secret = tmp_path / "ks.pass"
+    secret.write_text("changeit\n")
+    path = tmp_path / "c.yml"
+    path.write_text(
+        "files:\n"
+        "  - certs/*.pem\n"
+        "  - {path: ks.jks, password_file: ks.pass, labels: {store: cassandra}}\n"
+        "targets:\n"
+        "  - {address: '127.0.0.1:9142', keystore: ks.jks, truststore: {path: ts.p12, format: pkcs12}}\n"
+    )
+    loaded = config.load(path)
+    keystore = config.StoreSpec(str(tmp_path / "ks.jks"), password_file=str(secret), labels=(("store", "cassandra"),))
+    truststore = config.StoreSpec(str(tmp_path / "ts.p12"), format="pkcs12")
+    assert loaded.targets[0].keystore == keystore  # the bare path opens the way its files: entry says
+    assert loaded.targets[0].truststore == truststore
+    assert loaded.files == (config.StoreSpec(str(tmp_path / "certs/*.pem")), keystore, truststore)
+    assert loaded.warnings == ()
+
+
+def test_inline_passwords_and_unset_environment_variables_warn_with_their_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TFP_NOT_SET", raising=False)
+    path = tmp_path / "c.yml"
+    path.write_text("files:\n  - {path: a.jks, password: changeit}\n  - {path: b.jks, password_env: TFP_NOT_SET}\n")
+    loaded = config.load(path)
+    assert loaded.warnings == (
+        f"{path}:2: files[0].password: a password written in the config file; prefer password_file or password_env",
+        f"{path}:3: files[1].password_env: the environment variable TFP_NOT_SET is not set here",
+    )
+    assert "changeit" not in repr(loaded)  # never in a log line or a traceback

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .certs import CertInfo, describe
 from .config import StoreSpec
-from .stores import ClientIdentity, Store, StoreCert, StoreError, identity, read
+from .stores import ClientIdentity, Store, StoreCert, StoreError, identity, read, sniff
 
 MAX_FILE_SIZE = 16 * 1024 * 1024  # a certificate store is kilobytes; refuse to parse a disk image
 
@@ -98,12 +98,13 @@ def read_file(path: str, spec: StoreSpec) -> FileResult:
             data = handle.read(MAX_FILE_SIZE + 1)
     except OSError as exc:
         return FileResult(path, spec, _reason(exc), exc.strerror or str(exc))
+    fmt = spec.format if spec.format != "auto" else sniff(data)
     try:
         store = read(data, password_of(spec), spec.format)
     except PasswordError as exc:
-        return FileResult(path, spec, "password_unavailable", str(exc), modified=st.st_mtime)
+        return FileResult(path, spec, "password_unavailable", str(exc), fmt, modified=st.st_mtime)
     except StoreError as exc:
-        return FileResult(path, spec, exc.reason, exc.detail, modified=st.st_mtime)
+        return FileResult(path, spec, exc.reason, exc.detail, fmt, modified=st.st_mtime)
     return _parsed(path, spec, store, st.st_mtime)
 
 

@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from textfile_probe.config import StoreSpec  # noqa: E402
-from textfile_probe.files import FileWatcher  # noqa: E402
-from textfile_probe.metrics import FileText, render  # noqa: E402
+from textfile_probe.config import StoreSpec
+from textfile_probe.files import FileWatcher
+from textfile_probe.metrics import FileText, render
 
 
 def _certs(count: int) -> list[tuple[x509.Certificate, ec.EllipticCurvePrivateKey]]:

@@ -594,7 +594,8 @@ def _discover(node: yaml.Node | None, common: dict[str, Any], errors: _Errors, b
             options = {"path": _readable_file(value_node, where, errors, base)}
         else:
             options, _ = _fields(value_node, where, _DISCOVER_PARSERS, errors, base)
-            if isinstance(value_node, yaml.MappingNode) and "path" not in options:
+            given = isinstance(value_node, yaml.MappingNode) and any(_scalar(k) == "path" for k, _ in value_node.value)
+            if isinstance(value_node, yaml.MappingNode) and not given:
                 errors.add(value_node, where, f"missing required key 'path' (of {product}'s config file)")
         if options.get("path") is None:
             continue

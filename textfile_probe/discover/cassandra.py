@@ -2,9 +2,9 @@
 
 What the file means, per version (read from Cassandra's Config.java, the shipped yaml and its docs;
 tests/discovery/README.md names the sources):
-- Native (CQL) TLS when `client_encryption_options.enabled` or `optional` is true. It is on
-  `native_transport_port_ssl` when that is set and differs from `native_transport_port` (the
-  dual-port mode of 3.x and 4.x), else on `native_transport_port`. It binds `rpc_address`
+- Native (CQL) TLS when `client_encryption_options.enabled` is true, or (4.0+ only) `optional`
+  is. It is on `native_transport_port_ssl` when that is set and differs from
+  `native_transport_port` (the dual-port mode of 3.x and 4.x), else on `native_transport_port`. It binds `rpc_address`
   (DSE calls it `native_transport_address`; we take either).
 - Internode TLS when `server_encryption_options.internode_encryption` is not none (or, 4.0+,
   `optional` is true): on `ssl_storage_port` in 3.x; on `storage_port` in 4.0+, plus
@@ -78,7 +78,9 @@ class _Yaml:
         return value
 
     def error(self, key: str, message: str) -> None:
-        self.errors.append(f"{self.path}:{self.lines.get(key, 1)}: {key}: {message}")
+        text = f"{self.path}:{self.lines.get(key, 1)}: {key}: {message}"
+        if text not in self.errors:  # a key read twice is reported once
+            self.errors.append(text)
 
     def port(self, key: str, default: int | None) -> int | None:
         value = self.get(key, int, default)
@@ -94,7 +96,9 @@ def discover(path: str, address: str | None = None) -> Discovered:
     three_x = any(key in doc.values for key in _THREE_X_KEYS)
     targets: list[dict[str, Any]] = []
     files: list[StoreSpec | None] = []
-    native = _native(doc, home, address)
+    for key, default in (("native_transport_port", 9042), ("storage_port", 7000), ("ssl_storage_port", 7001)):
+        doc.port(key, default)  # every bad port is reported, used or not
+    native = _native(doc, home, address, three_x)
     if native is not None:
         targets.append(native[0])
         files += native[1]
@@ -127,14 +131,18 @@ def _store(doc: _Yaml, home: Path, section: str, name: str) -> StoreSpec | None:
     )
 
 
-def _native(doc: _Yaml, home: Path, address: str | None) -> tuple[dict[str, Any], list[StoreSpec | None]] | None:
+def _native(
+    doc: _Yaml, home: Path, address: str | None, three_x: bool
+) -> tuple[dict[str, Any], list[StoreSpec | None]] | None:
     section = "client_encryption_options"
     enabled = doc.get(f"{section}.enabled", bool, False)
-    if not (enabled or doc.get(f"{section}.optional", bool, False)):
+    optional = doc.get(f"{section}.optional", bool, False)
+    # 3.x serves plain text whenever `enabled` is false; 4.0+ also serves TLS when only `optional` is set.
+    if not (enabled or (optional and not three_x)):
         return None
     port = doc.port("native_transport_port", 9042)
     ssl_port = doc.port("native_transport_port_ssl", None)
-    if enabled and ssl_port is not None and ssl_port != port:
+    if ssl_port is not None and ssl_port != port:
         port = ssl_port
     bind = doc.get("native_transport_address", str) or doc.get("rpc_address", str, "localhost")
     if address is None and "rpc_address" not in doc.values and "rpc_interface" in doc.values:

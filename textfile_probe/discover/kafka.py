@@ -12,6 +12,7 @@ The file is java.util.Properties syntax, parsed by `parse_properties`.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,34 +32,67 @@ _LISTENER = re.compile(r"^([A-Za-z0-9_]+)://(\[[^\]]*\]|[^:\[\]]*):(\d{1,5})$")
 _ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
 
 
+_BLANK = " \t\f"  # what java.util.Properties counts as whitespace; nothing else is
+
+
 def parse_properties(text: str) -> dict[str, tuple[str, int]]:
-    """java.util.Properties.load: key -> (value, line number). Comments start with # or !, a line
-    ending in an odd number of backslashes continues, the key ends at an unescaped =, : or blank."""
+    """java.util.Properties.load over latin-1 text: key -> (value, line of its first natural line).
+
+    As Java does it: lines end only at \\n, \\r or \\r\\n; only space, tab and form feed are blanks;
+    a line whose first non-blank is # or ! is a comment; an odd number of backslashes at the end
+    continues the line (the next line's leading blanks dropped; at the end of the file the
+    backslash is dropped); the key ends at the first unescaped =, : or blank. A malformed \\uXXXX
+    escape raises ValueError, as Java raises IllegalArgumentException.
+    """
     out: dict[str, tuple[str, int]] = {}
-    lines = text.splitlines()
+    lines = re.split(r"\r\n|\r|\n", text)
     index = 0
     while index < len(lines):
-        start, logical = index + 1, lines[index].lstrip()
+        start, logical = index + 1, lines[index].lstrip(_BLANK)
         index += 1
         if not logical or logical[0] in "#!":
             continue
-        while (len(logical) - len(logical.rstrip("\\"))) % 2 and index < len(lines):
-            logical = logical[:-1] + lines[index].lstrip()
+        while (len(logical) - len(logical.rstrip("\\"))) % 2:
+            logical = logical[:-1]
+            if index >= len(lines):
+                break
+            logical += lines[index].lstrip(_BLANK)
             index += 1
-        match = re.match(r"((?:\\.|[^\\=:\s])*)\s*[=:]?\s*(.*)$", logical, re.DOTALL)
-        if match:
-            out[_unescape(match.group(1))] = (_unescape(match.group(2)), start)
+        key, value = _split_key(logical)
+        out[_unescape(key)] = (_unescape(value), start)
     return out
+
+
+def _split_key(line: str) -> tuple[str, str]:
+    position = 0
+    while position < len(line):
+        char = line[position]
+        if char == "\\":
+            position += 2
+            continue
+        if char in "=:" or char in _BLANK:
+            break
+        position += 1
+    key, rest = line[:position], line[position:].lstrip(_BLANK)
+    if rest[:1] in ("=", ":") and rest:
+        rest = rest[1:].lstrip(_BLANK)
+    return key, rest
 
 
 def _unescape(text: str) -> str:
     def one(match: re.Match[str]) -> str:
         code = match.group(1)
-        if code.startswith("u") and len(code) == 5:
+        if code.startswith("u"):
+            if not re.fullmatch(r"u[0-9a-fA-F]{4}", code):
+                raise ValueError("Malformed \\uxxxx encoding.")
             return chr(int(code[1:], 16))
         return _ESCAPES.get(code, code)
 
-    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", one, text)
+    if "\\" not in text:
+        return text
+    decoded = re.sub(r"\\(u.{0,4}|.)", one, text, flags=re.DOTALL)
+    # Java strings are UTF-16: a pair of \\u escapes for a surrogate pair is one character.
+    return decoded.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 
 
 def discover(path: str, address: str | None = None) -> Discovered:
@@ -66,6 +100,8 @@ def discover(path: str, address: str | None = None) -> Discovered:
         props = parse_properties(Path(path).read_text(encoding="latin-1"))
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read server.properties: {exc}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: not a valid properties file: {exc}"]) from None
     errors: list[str] = []
     home = Path(path).resolve().parent
 
@@ -76,7 +112,12 @@ def discover(path: str, address: str | None = None) -> Discovered:
     for pair in filter(None, (get("listener.security.protocol.map") or "").split(",")):
         name, _, protocol = pair.strip().partition(":")
         protocols[name.strip().upper()] = protocol.strip().upper()
-    advertised = {name: host for name, host, _ in _listeners(get("advertised.listeners") or "", path, props, [])}
+    # Unset, advertised.listeners is listeners; an empty host is advertised as this host's name.
+    advertised_text = get("advertised.listeners") or get("listeners") or ""
+    advertised = {name: host or socket.gethostname() for name, host, _ in _listeners(advertised_text, path, props, [])}
+    for key in ("ssl.keystore.type", "ssl.truststore.type"):
+        if (get(key) or "JKS").upper() not in _FORMATS:
+            errors.append(f"{path}:{props[key][1]}: {key}: expected one of {', '.join(_FORMATS)}, got {get(key)!r}")
     targets: list[dict[str, Any]] = []
     files: list[StoreSpec | None] = []
     for name, host, port in _listeners(get("listeners") or "", path, props, errors):
@@ -92,7 +133,9 @@ def discover(path: str, address: str | None = None) -> Discovered:
 
         keystore = _store(setting, "ssl.keystore", home, errors, path, props)
         truststore = _store(setting, "ssl.truststore", home, errors, path, props)
-        server_name = advertised.get(name) or ""
+        server_name = advertised.get(name, "")
+        if server_name in ("0.0.0.0", "::"):
+            server_name = ""
         probe_at = address or probe_host(host)
         targets.append(
             {
@@ -112,7 +155,7 @@ def discover(path: str, address: str | None = None) -> Discovered:
         )
         files += [keystore, truststore]
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(list(dict.fromkeys(errors)))  # a generic key used by several listeners: once
     return Discovered(tuple(targets), unique(files))
 
 

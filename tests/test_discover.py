@@ -533,7 +533,7 @@ def test_a_cassandra_yaml_that_is_not_utf8_is_a_read_error(tmp_path: Path) -> No
         ),
         pytest.param(
             "  cassandra: .\n",
-            "2: discover.cassandra: expected a readable file, got '{dir}': Is a directory",
+            "2: discover.cassandra: expected a regular file, got '{dir}'",
             id="directory",
         ),
         pytest.param(

@@ -14,6 +14,7 @@ import glob
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -260,10 +261,15 @@ def _readable_file(node: yaml.Node, where: str, errors: _Errors, base: Path) -> 
         return None
     path = base / value
     try:
-        with open(path, "rb"):
-            pass
+        # Non-blocking: a FIFO named by mistake must not hang the load.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        os.close(fd)
     except OSError as exc:
         errors.add(node, where, f"expected a readable file, got {str(path)!r}: {exc.strerror}")
+        return None
+    if not regular:
+        errors.add(node, where, f"expected a regular file, got {str(path)!r}")
         return None
     return str(path)
 

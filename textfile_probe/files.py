@@ -69,9 +69,8 @@ def password_of(spec: StoreSpec) -> str | None:
         return value
     if spec.password_file is not None:
         try:
-            with open(spec.password_file, encoding="utf-8") as handle:
-                return handle.read(65536).rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
+            return read_bytes(spec.password_file)[0][:65536].decode("utf-8").rstrip("\r\n")
+        except (_ReadError, UnicodeDecodeError) as exc:
             raise PasswordError(f"cannot read password_file {spec.password_file}: {exc}") from None
     return None
 
@@ -86,18 +85,42 @@ def _password_stamp(spec: StoreSpec) -> object:
         return exc.errno
 
 
+class _ReadError(Exception):
+    def __init__(self, reason: str, detail: str, modified: float | None = None) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.modified = reason, detail, modified
+
+
+def read_bytes(path: str) -> tuple[bytes, os.stat_result]:
+    """A regular file's bytes (at most MAX_FILE_SIZE). Opened non-blocking, so a FIFO or a device
+    put where a keystore should be is refused at once instead of hanging the daemon."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _ReadError(_reason(exc), exc.strerror or str(exc)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _ReadError("unsupported_format", "not a regular file", st.st_mtime)
+        if st.st_size > MAX_FILE_SIZE:
+            raise _ReadError("too_large", f"{st.st_size} bytes", st.st_mtime)
+        chunks, total = [], 0
+        while total <= MAX_FILE_SIZE and (chunk := os.read(fd, 1 << 20)):
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks)[: MAX_FILE_SIZE + 1], st
+    except OSError as exc:
+        raise _ReadError(_reason(exc), exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+
+
 def read_file(path: str, spec: StoreSpec) -> FileResult:
     """Read and parse one file now, whatever changed."""
     try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return FileResult(path, spec, "unsupported_format", "not a regular file", modified=st.st_mtime)
-            if st.st_size > MAX_FILE_SIZE:
-                return FileResult(path, spec, "too_large", f"{st.st_size} bytes", modified=st.st_mtime)
-            data = handle.read(MAX_FILE_SIZE + 1)
-    except OSError as exc:
-        return FileResult(path, spec, _reason(exc), exc.strerror or str(exc))
+        data, st = read_bytes(path)
+    except _ReadError as exc:
+        return FileResult(path, spec, exc.reason, exc.detail, modified=exc.modified)
     fmt = spec.format if spec.format != "auto" else sniff(data)
     try:
         store = read(data, password_of(spec), spec.format)
@@ -109,7 +132,12 @@ def read_file(path: str, spec: StoreSpec) -> FileResult:
 
 
 def _parsed(path: str, spec: StoreSpec, store: Store, modified: float) -> FileResult:
-    certs = tuple((c, describe(c.der)) for c in store.certs)
+    try:
+        certs = tuple((c, describe(c.der)) for c in store.certs)
+    except ValueError as exc:  # e.g. a damaged certificate in a JKS read without its integrity check
+        return FileResult(
+            path, spec, "corrupt", f"a certificate does not parse: {exc}", store.format, modified=modified
+        )
     leaves = frozenset(describe(der).fingerprint_sha256 for der in store.leaves())
     return FileResult(path, spec, "ok", "", store.format, certs, leaves, modified)
 
@@ -117,10 +145,9 @@ def _parsed(path: str, spec: StoreSpec, store: Store, modified: float) -> FileRe
 def load_identity(spec: StoreSpec) -> ClientIdentity:
     """A client certificate and key from a store; StoreError (with a read reason) if it cannot."""
     try:
-        with open(spec.path, "rb") as handle:
-            data = handle.read(MAX_FILE_SIZE + 1)
-    except OSError as exc:
-        raise StoreError(_reason(exc), f"{spec.path}: {exc.strerror}") from None
+        data, _ = read_bytes(spec.path)
+    except _ReadError as exc:
+        raise StoreError(exc.reason, f"{spec.path}: {exc.detail}") from None
     try:
         return identity(data, password_of(spec), spec.format, spec.alias)
     except PasswordError as exc:

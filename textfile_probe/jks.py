@@ -218,6 +218,8 @@ class _Serialized:
         self.handles.append("object")
         hierarchy: list[_ClassDesc] = []
         while desc is not None:
+            if desc in hierarchy or len(hierarchy) >= _MAX_DEPTH:  # a class its own ancestor: crafted
+                raise JksError("corrupt", "a secret-key entry has a cyclic class hierarchy")
             hierarchy.insert(0, desc)
             desc = desc.parent
         for cls in hierarchy:
@@ -287,7 +289,8 @@ def _jceks_key(encrypted: bytes, params: bytes, password: str) -> bytes:
     salt_node, rest = _der(params, 0x30)
     salt, rest = _der(salt_node, 0x04)
     iterations = int.from_bytes(_der(rest, 0x02)[0], "big")
-    if len(salt) != 8 or not 0 < iterations <= 10_000_000 or len(encrypted) % 8:
+    # The JDK refuses more than 5,000,000 iterations (KeyProtector's cap); so do we: each costs an MD5.
+    if len(salt) != 8 or not 0 < iterations <= 5_000_000 or len(encrypted) % 8:
         raise JksError("corrupt", "a protected key has bad PBE parameters")
     secret = bytes(ord(c) & 0xFF for c in password)  # the JDK keeps the low byte of each char
     halves = [bytearray(salt[:4]), bytearray(salt[4:])]

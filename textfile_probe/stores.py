@@ -87,14 +87,17 @@ def read(data: bytes, password: str | None, fmt: str = "auto") -> Store:
     return Store(kind, tuple(reader(data, password)))
 
 
-def _pem(data: bytes, _password: str | None) -> list[StoreCert]:
+def _pem_certs(data: bytes) -> list[x509.Certificate]:
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise StoreError("unsupported_format", "a PEM file without any CERTIFICATE block")
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        return x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise StoreError("corrupt", f"a CERTIFICATE block does not parse: {exc}") from None
-    return [StoreCert("", CERT_ENTRY, i, c.public_bytes(serialization.Encoding.DER)) for i, c in enumerate(certs)]
+
+
+def _pem(data: bytes, _password: str | None) -> list[StoreCert]:
+    return [StoreCert("", CERT_ENTRY, i, _der_of(cert)) for i, cert in enumerate(_pem_certs(data))]
 
 
 def _der(data: bytes, _password: str | None) -> list[StoreCert]:
@@ -106,10 +109,21 @@ def _der(data: bytes, _password: str | None) -> list[StoreCert]:
 
 
 def _pkcs12(data: bytes, password: str | None) -> list[StoreCert]:
-    """Entries as Java sees them. keytool names a trusted-certificate bag by its alias and a chain
-    certificate by its subject DN, and Java rebuilds a key's chain by issuer name from every
-    certificate in the file (trusted ones too), so a chain is [leaf, its issuer, ...] found that way."""
-    bundle = _load_pkcs12(data, password)
+    """Entries as Java sees them (see `_pkcs12_entries`)."""
+    alias, chain, trusted, loose = _pkcs12_entries(_load_pkcs12(data, password))
+    out = [StoreCert(alias, KEY_ENTRY, i, _der_of(cert)) for i, cert in enumerate(chain)]
+    out += [StoreCert(name, TRUSTED_ENTRY, 0, _der_of(cert)) for name, cert in trusted]
+    out += [StoreCert("", CERT_ENTRY, i, _der_of(cert)) for i, cert in enumerate(loose)]
+    return out
+
+
+def _pkcs12_entries(
+    bundle: pkcs12.PKCS12KeyAndCertificates,
+) -> tuple[str, list[x509.Certificate], list[tuple[str, x509.Certificate]], list[x509.Certificate]]:
+    """(key alias, key chain, named trusted certificates, the rest). keytool names a trusted-certificate
+    bag by its alias and a chain certificate by its subject DN, and Java rebuilds a key's chain by
+    issuer name from every certificate in the file (trusted ones too), so a chain is [leaf, its
+    issuer, ...] found that way."""
     trusted: list[tuple[str, x509.Certificate]] = []
     loose: list[x509.Certificate] = []
     for extra in bundle.additional_certs:
@@ -118,17 +132,10 @@ def _pkcs12(data: bytes, password: str | None) -> list[StoreCert]:
             trusted.append((name, cert))
         else:
             loose.append(cert)
-    out: list[StoreCert] = []
-    if bundle.cert is not None and bundle.key is not None:
-        alias = _name(bundle.cert.friendly_name)
-        chain = _issuer_walk(bundle.cert.certificate, loose, [cert for _, cert in trusted])
-        out += [StoreCert(alias, KEY_ENTRY, i, _der_of(cert)) for i, cert in enumerate(chain)]
-        loose = [cert for cert in loose if cert not in chain]
-    elif bundle.cert is not None:
-        loose.insert(0, bundle.cert.certificate)
-    out += [StoreCert(name, TRUSTED_ENTRY, 0, _der_of(cert)) for name, cert in trusted]
-    out += [StoreCert("", CERT_ENTRY, i, _der_of(cert)) for i, cert in enumerate(loose)]
-    return out
+    if bundle.cert is None or bundle.key is None:
+        return "", [], trusted, ([bundle.cert.certificate] if bundle.cert else []) + loose
+    chain = _issuer_walk(bundle.cert.certificate, loose, [cert for _, cert in trusted])
+    return _name(bundle.cert.friendly_name), chain, trusted, [cert for cert in loose if cert not in chain]
 
 
 def _issuer_walk(leaf: x509.Certificate, *pools: list[x509.Certificate]) -> list[x509.Certificate]:
@@ -195,10 +202,10 @@ def identity(data: bytes, password: str | None, fmt: str = "auto", alias: str | 
     kind = sniff(data) if fmt == "auto" else fmt
     if kind == "pkcs12":
         bundle = _load_pkcs12(data, password)
-        if bundle.key is None or bundle.cert is None:
+        _, chain, _, _ = _pkcs12_entries(bundle)
+        if bundle.key is None or not chain:
             raise StoreError("unsupported_format", "the PKCS#12 file holds no private key")
-        extra = [c.certificate for c in bundle.additional_certs if c.friendly_name is None]
-        return ClientIdentity(bundle.key, (bundle.cert.certificate, *extra))  # type: ignore[arg-type]
+        return ClientIdentity(bundle.key, tuple(chain))  # type: ignore[arg-type]
     if kind in ("jks", "jceks"):
         return _keystore_identity(data, password, alias)
     if kind == "pem":
@@ -228,7 +235,7 @@ def _pem_identity(data: bytes, password: str | None) -> ClientIdentity:
         key = serialization.load_pem_private_key(data, None if password is None else password.encode())
     except (ValueError, TypeError) as exc:
         raise StoreError("bad_password", f"the private key does not load: {exc}") from None
-    return ClientIdentity(key, tuple(x509.load_pem_x509_certificates(data)))  # type: ignore[arg-type]
+    return ClientIdentity(key, tuple(_pem_certs(data)))  # type: ignore[arg-type]
 
 
 def _certs(ders: Sequence[bytes]) -> tuple[x509.Certificate, ...]:

@@ -154,6 +154,7 @@ def test_health_series() -> None:
         [OK],
         Health(cycle_duration=1.5, last_cycle_end=1_750_000_000.0, config_ok=False, config_loaded_at=1_740_000_000.0),
         3,
+        files=[_file("/a.pem", format="pem"), _file("/b.jks", reason="not_found"), _file("/c.jks", reason="corrupt")],
     ).decode()
     openssl = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
     for line in (
@@ -161,6 +162,8 @@ def test_health_series() -> None:
         "textfile_probe_last_cycle_timestamp_seconds 1.75e+09",
         "textfile_probe_targets 3.0",
         "textfile_probe_targets_failed 0.0",
+        "textfile_probe_files 3.0",
+        "textfile_probe_files_unreadable 2.0",
         "textfile_probe_config_last_reload_successful 0.0",
         "textfile_probe_config_last_reload_success_timestamp_seconds 1.74e+09",
         f'textfile_probe_build_info{{openssl="{openssl}",python="{platform.python_version()}",'

@@ -195,7 +195,9 @@ class Health:
     config_loaded_at: float
 
 
-def _health_families(results: Sequence[ProbeResult], health: Health, targets: int) -> Iterator[Metric]:
+def _health_families(
+    results: Sequence[ProbeResult], health: Health, targets: int, files: Sequence[FileResult] = ()
+) -> Iterator[Metric]:
     build = {
         "version": __version__,
         "python": platform.python_version(),
@@ -207,6 +209,8 @@ def _health_families(results: Sequence[ProbeResult], health: Health, targets: in
          health.last_cycle_end),
         ("targets", "Number of configured targets", {}, float(targets)),
         ("targets_failed", "Number of targets whose last probe failed", {}, float(sum(not r.success for r in results))),
+        ("files", "Number of certificate files and keystores watched", {}, float(len(files))),
+        ("files_unreadable", "Number of watched files that could not be read", {}, float(sum(not f.ok for f in files))),
         ("config_last_reload_successful", "Whether the last configuration load succeeded", {},
          1.0 if health.config_ok else 0.0),
         ("config_last_reload_success_timestamp_seconds", "When the configuration was last loaded successfully", {},
@@ -250,7 +254,7 @@ def families(
     yield from _file_families(files)
     yield from _match_family(files, results)
     if health is not None:
-        yield from _health_families(results, health, len(results) if targets is None else targets)
+        yield from _health_families(results, health, len(results) if targets is None else targets, files)
 
 
 class _One(Collector):
@@ -298,7 +302,7 @@ def render_chunks(
     for family in _match_family(files, results):
         yield _text(family)
     if health is not None:
-        for family in _health_families(results, health, len(results) if targets is None else targets):
+        for family in _health_families(results, health, len(results) if targets is None else targets, files):
             yield _text(family)
 
 

@@ -54,6 +54,9 @@ EXPECTED_ALERTS = {
     ("TextfileProbeCertificateNotYetValid", "future"),
     ("TextfileProbeVerifyFailed", "wrongname"),
     ("TextfileProbeTargetDown", "closed"),
+    ("TextfileProbeServedCertificateNotOnDisk", "renewed"),
+    ("TextfileProbeFileCertificateExpiresIn30Days", ""),
+    ("TextfileProbeFileUnreadable", ""),
 }
 
 
@@ -158,6 +161,7 @@ class Stack:
     prometheus: str  # base URL
     instance: str  # node_exporter's `instance` label, i.e. the node
     targets: frozenset[str]
+    base: Path  # where the scenario's files live
 
 
 def _free_port() -> int:
@@ -230,13 +234,22 @@ def probe_once(pki: Pki, base: Path, textfile_dir: Path) -> frozenset[str]:
         "expired": pki.leaf(valid_for=timedelta(days=-3)),
         "future": pki.leaf(not_before=pki.now + timedelta(days=2)),
         "wrongname": pki.leaf(),
+        "renewed": pki.leaf(),  # serves this one; its keystore on disk already holds the next
     }
+    # Files: each target's keystore (for "renewed", the next certificate, not yet served), a truststore whose
+    # CA nobody sends and that expires in 20 days, and a keystore that is missing.
+    keystores = base / "keystores"
+    keystores.mkdir()
+    for name, leaf in leaves.items():
+        write_pem(keystores / f"{name}.pem", pki.leaf() if name == "renewed" else leaf)
+    write_pem(base / "truststore.pem", pki.leaf("Old Partner CA", valid_for=timedelta(days=20)))
     with contextlib.ExitStack() as stack:
         targets: list[dict[str, Any]] = [
             {
                 "name": name,
                 "address": stack.enter_context(TlsServer(pki.chain_for(leaf), leaf.key)).address,
                 "server_name": "wrong.example.com" if name == "wrongname" else "localhost",
+                "keystore": str(keystores / f"{name}.pem"),
             }
             for name, leaf in leaves.items()
         ]
@@ -246,6 +259,7 @@ def probe_once(pki: Pki, base: Path, textfile_dir: Path) -> frozenset[str]:
             "timeout": "3s",
             "defaults": {"ca_file": str(trust)},
             "targets": targets,
+            "files": [str(base / "truststore.pem"), str(base / "missing-keystore.jks")],
         }
         run_once(base, config)
     return frozenset(t["name"] for t in targets)
@@ -305,7 +319,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             lambda: bool(api(prometheus, "/api/v1/query", query="textfile_probe_build_info")["result"]),
         )
         wait_for("the rules' first evaluation", lambda: _alerts(prometheus) >= EXPECTED_ALERTS)
-        yield Stack(prometheus, urllib.parse.urlsplit(exporter).netloc, targets)
+        yield Stack(prometheus, urllib.parse.urlsplit(exporter).netloc, targets, base)
 
 
 def _live_alerts(base: str) -> list[dict[str, Any]]:
@@ -358,14 +372,34 @@ def test_alerts_pend_for_exactly_the_broken_targets_with_rendered_annotations(st
     alerts = _live_alerts(stack.prometheus)
     assert {(a["labels"]["alertname"], a["labels"].get("target", "")) for a in alerts} == EXPECTED_ALERTS
     node = stack.instance
-    summaries = {a["labels"].get("target"): a["annotations"]["summary"] for a in alerts}
+    summaries = {(a["labels"]["alertname"], a["labels"].get("target", "")): a["annotations"]["summary"] for a in alerts}
     assert summaries == {
-        "in10d": f"Certificate localhost of in10d on {node} expires in 10.0 days",
-        "in3d": f"Certificate localhost of in3d on {node} expires in 3.0 days",
-        "expired": f"Certificate localhost of expired on {node} expired 3.0 days ago",
-        "future": f"Certificate localhost of future on {node} is not valid for another 2.0 days",
-        "wrongname": f"TLS verification of wrongname on {node} fails: hostname_mismatch",
-        "closed": f"Probe of closed on {node} has failed for 5 minutes (connect: refused)",
+        (
+            "TextfileProbeCertificateExpiresIn30Days",
+            "in10d",
+        ): f"Certificate localhost of in10d on {node} expires in 10.0 days",
+        (
+            "TextfileProbeCertificateExpiresIn7Days",
+            "in3d",
+        ): f"Certificate localhost of in3d on {node} expires in 3.0 days",
+        (
+            "TextfileProbeCertificateExpired",
+            "expired",
+        ): f"Certificate localhost of expired on {node} expired 3.0 days ago",
+        ("TextfileProbeCertificateNotYetValid", "future"): (
+            f"Certificate localhost of future on {node} is not valid for another 2.0 days"
+        ),
+        ("TextfileProbeVerifyFailed", "wrongname"): f"TLS verification of wrongname on {node} fails: hostname_mismatch",
+        ("TextfileProbeTargetDown", "closed"): f"Probe of closed on {node} has failed for 5 minutes (connect: refused)",
+        ("TextfileProbeServedCertificateNotOnDisk", "renewed"): (
+            f"renewed on {node} serves a certificate that is not the one in {stack.base / 'keystores' / 'renewed.pem'}"
+        ),
+        ("TextfileProbeFileCertificateExpiresIn30Days", ""): (
+            f"Certificate Old Partner CA in {stack.base / 'truststore.pem'} on {node} expires in 20.0 days"
+        ),
+        ("TextfileProbeFileUnreadable", ""): (
+            f"{stack.base / 'missing-keystore.jks'} on {node} cannot be read: not_found"
+        ),
     }
     by_target = {a["labels"].get("target"): a for a in alerts}
     assert {a["state"] for a in alerts} == {"pending"}  # every `for` is minutes long

@@ -359,3 +359,47 @@ def test_logs_are_logfmt_lines_whatever_a_peer_says(
             proc.assert_logfmt()
     levels = {match.group(1) for match in map(LOG_LINE.match, log.splitlines()) if match}
     assert {"info", "warning", "debug"} <= levels, log
+
+
+def test_sighup_rediscovers_cassandra_and_rereads_a_replaced_keystore(pki: Pki, trust: str, tmp_path: Path) -> None:
+    """The running daemon: a cassandra.yaml edited to turn on client encryption yields its native target at the
+    next SIGHUP; a keystore rewritten on disk is re-read at the next cycle, without any signal."""
+    served, renewed = pki.leaf(), pki.leaf()
+    output = tmp_path / "out" / "probe.prom"
+    output.parent.mkdir()
+    keystore = write_pem(tmp_path / "node.pem", *pki.chain_for(served))
+    cassandra = tmp_path / "cassandra.yaml"
+    match = "textfile_probe_served_cert_matches_file"
+
+    def node_yaml(enabled: bool, port: int) -> None:
+        cassandra.write_text(
+            f"rpc_address: 127.0.0.1\nnative_transport_port: {port}\n"
+            f"client_encryption_options:\n  enabled: {str(enabled).lower()}\n"
+            "  ssl_context_factory:\n    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory\n"
+            f"  keystore: {keystore}\n  truststore: {trust}\n"
+        )
+
+    with TlsServer(pki.chain_for(served), served.key) as node:
+        node_yaml(False, node.port)
+        cfg = tmp_path / "config.yml"
+        document = {"output": str(output), "interval": "1s", "timeout": "1s", "discover": {"cassandra": str(cassandra)}}
+        cfg.write_text(yaml.safe_dump(document), encoding="utf-8")
+        with daemon(cfg, tmp_path) as proc:
+            first = proc.wait_for_file(output, "a file with no target", lambda m: LAST_CYCLE in m)
+            assert success(first) == {}
+
+            node_yaml(True, node.port)
+            proc.signal(signal.SIGHUP)
+            found = proc.wait_for_file(
+                output, "the discovered native target", lambda m: "cassandra/native" in success(m)
+            )
+            assert success(found) == {"cassandra/native": 1.0}
+            assert found[(match, (("path", str(keystore)), ("target", "cassandra/native")))] == 1.0
+
+            write_pem(keystore, *pki.chain_for(renewed))  # renewed on disk; the node still serves the old one
+            changed = proc.wait_for_file(
+                output,
+                "the mismatch",
+                lambda m: m.get((match, (("path", str(keystore)), ("target", "cassandra/native")))) == 0.0,
+            )
+            assert success(changed) == {"cassandra/native": 1.0}

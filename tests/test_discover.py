@@ -865,3 +865,28 @@ def test_parse_properties_agrees_with_java_properties_load(case: str, java_prope
             parse_properties(text)
     else:
         assert {key: value for key, (value, _line) in parse_properties(text).items()} == expected["properties"]
+
+
+def test_our_ca_file_applies_where_the_product_names_no_truststore_and_yields_where_it_does(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("placeholder: only its path matters here\n")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cassandra.yaml").write_text(
+        "rpc_address: 10.0.0.1\nlisten_address: 10.0.0.1\n"
+        "client_encryption_options:\n  enabled: true\n"  # names no truststore, and server options none either
+        "server_encryption_options:\n  internode_encryption: all\n  truststore: /etc/cassandra/ts.jks\n"
+    )
+    head = f"defaults:\n  ca_file: {ca}\n"
+    loaded = config.load(write_config(tmp_path, f"  cassandra: {tmp_path / 'c' / 'cassandra.yaml'}\n", head=head))
+    native, internode = loaded.targets
+    # The client side names no truststore, so the native target takes the server side's, not our ca_file.
+    assert (native.ca_file, native.truststore) == (None, StoreSpec("/etc/cassandra/ts.jks", format="jks"))
+    assert (internode.ca_file, internode.truststore) == (None, StoreSpec("/etc/cassandra/ts.jks", format="jks"))
+
+    (tmp_path / "c" / "cassandra.yaml").write_text(
+        "rpc_address: 10.0.0.1\nclient_encryption_options:\n  enabled: true\n"
+    )
+    (only,) = config.load(
+        write_config(tmp_path, f"  cassandra: {tmp_path / 'c' / 'cassandra.yaml'}\n", head=head)
+    ).targets
+    assert (only.ca_file, only.truststore) == (str(ca), None)

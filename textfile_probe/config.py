@@ -612,10 +612,22 @@ def _discover(node: yaml.Node | None, common: dict[str, Any], errors: _Errors, b
             continue
         labels = {**common["labels"], **options.get("labels", {})}
         for values in result.targets:
-            merged = {**common, **values, "labels": tuple(sorted({**labels, **values.get("labels", {})}.items()))}
-            found.append(Target(**merged))
+            found.append(_discovered_target(common, labels, values))
         found.extend(result.files)
     return found
+
+
+def _discovered_target(common: dict[str, Any], labels: dict[str, str], values: dict[str, Any]) -> Target:
+    """Our defaults under what the product's file says. A store the file names replaces the PEM
+    equivalent of the defaults (truststore for ca_file, client_keystore for client_cert); where the
+    file names none, the defaults' own trust and client certificate apply."""
+    merged = {**common, **{key: value for key, value in values.items() if value is not None}}
+    if values.get("truststore") is not None:
+        merged["ca_file"] = None
+    if values.get("client_keystore") is not None:
+        merged["client_cert"] = merged["client_key"] = None
+    merged["labels"] = tuple(sorted({**labels, **values.get("labels", {})}.items()))
+    return Target(**merged)
 
 
 _DISCOVER_PARSERS: dict[str, Parser] = {

@@ -210,10 +210,7 @@ def _target(
         "server_name": server_name or host,
         "starttls": "none",
         "verify_hostname": doc.get(f"{section}.require_endpoint_verification", bool, False),
-        "ca_file": None,
         "truststore": truststore,
         "keystore": keystore,
-        "client_cert": None,
-        "client_key": None,
         "client_keystore": (client or keystore) if client_auth else None,
     }

@@ -145,11 +145,8 @@ def discover(path: str, address: str | None = None) -> Discovered:
                 "server_name": server_name or probe_at,
                 "starttls": "none",
                 "verify_hostname": bool(server_name),
-                "ca_file": None,
                 "truststore": truststore,
                 "keystore": keystore,
-                "client_cert": None,
-                "client_key": None,
                 "client_keystore": keystore if setting("ssl.client.auth", "none") == "required" else None,
             }
         )

@@ -6,7 +6,9 @@ listeners mapped to SSL or SASL_SSL speak TLS from the first byte (SASL comes af
 `ssl.*` key can be overridden per listener as `listener.name.<name in lower case>.ssl.*`, key by
 key. An empty host binds this host's name, 0.0.0.0 every address. The host clients verify is the
 one in `advertised.listeners`, so that is the name checked, when the listener is advertised.
-The file is java.util.Properties syntax, parsed by `parse_properties`.
+The file is java.util.Properties syntax, parsed by `parse_properties`. A relative store path is
+taken relative to the file's directory (Kafka itself uses the broker's working directory, which
+this file does not name; brokers are normally given absolute paths).
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Configuration: YAML in, frozen validated dataclasses out.
 
-The YAML is composed into a node tree (not constructed into dicts) so that every error can name the
-file, the line and the YAML path of the bad field. All defaults live in `GLOBAL_DEFAULTS` and
-`TARGET_DEFAULTS`; a `defaults:` block in the file overrides the latter, a target overrides both.
-Errors are collected, not raised at the first one, so `check-config` shows them all at once.
-Loading reads only the config file and checks that named files are readable: no network.
+This module is the schema: the dataclasses, the defaults and the table of field parsers for each
+section; yamlfields.py is the machinery that walks the YAML node tree with them, so that every
+error names the file, the line and the YAML path of the bad field. All defaults live in
+`GLOBAL_DEFAULTS` and `TARGET_DEFAULTS`; a `defaults:` block in the file overrides the latter, a
+target overrides both. Errors are collected, not raised at the first one, so `check-config` shows
+them all at once. Loading reads only the config file, the files a `discover:` entry names, and
+checks that named files are readable: no network.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import glob
 import ipaddress
 import os
 import re
-import stat
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,19 @@ from .errors import ConfigError
 from .starttls import PORTS as STARTTLS_PORTS
 from .starttls import PROTOCOLS
 from .stores import FORMATS as STORE_FORMATS
+from .yamlfields import (
+    Errors,
+    Parser,
+    choice,
+    duration,
+    fields,
+    kind,
+    mapping,
+    readable_file,
+    scalar,
+    typed,
+)
+from .yamlfields import parse_duration as parse_duration  # part of this module's interface (CLI, bench)
 
 DEFAULT_OUTPUT = "/var/lib/prometheus/node-exporter/textfile_probe.prom"
 
@@ -145,106 +158,10 @@ RESERVED_LABELS = frozenset(
     }
 )  # fmt: skip
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 
 
-class _Errors:
-    """Collects located error messages for one file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.messages: list[str] = []
-        self.warnings: list[str] = []
-
-    def add(self, node: yaml.Node, where: str, message: str) -> None:
-        self.messages.append(f"{self.path}:{node.start_mark.line + 1}: {where}: {message}")
-
-    def warn(self, node: yaml.Node, where: str, message: str) -> None:
-        self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: {where}: {message}")
-
-
-_constructor = yaml.SafeLoader("")
-
-
-def _scalar(node: yaml.Node) -> Any:
-    return _constructor.construct_object(node, deep=True) if isinstance(node, yaml.ScalarNode) else node
-
-
-def _mapping(node: yaml.Node, where: str, errors: _Errors) -> Iterator[tuple[str, yaml.Node]]:
-    """Yield (key, value node) pairs; report non-mappings and duplicate keys."""
-    if not isinstance(node, yaml.MappingNode):
-        errors.add(node, where, f"expected a mapping, got {_kind(node)}")
-        return
-    _constructor.flatten_mapping(node)
-    seen: set[str] = set()
-    for key_node, value_node in node.value:
-        key = str(_scalar(key_node))
-        if key in seen:
-            errors.add(key_node, f"{where}.{key}".lstrip("."), "duplicate key")
-            continue
-        seen.add(key)
-        yield key, value_node
-
-
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.ScalarNode):
-        value = _scalar(node)
-        return "null" if value is None else f"{type(value).__name__} {value!r}"
-    return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
-
-
-# Field parsers: (node, where, errors, base_dir) -> value, or None after reporting an error.
-Parser = Callable[[yaml.Node, str, _Errors, Path], Any]
-
-
-def parse_duration(text: str) -> float:
-    """Parse '30s', '1m30s', '500ms', '2h' or a bare number of seconds into seconds."""
-    match = _DURATION.match(text.strip())
-    if not text.strip() or not match or not any(match.groups()):
-        raise ValueError(text)
-    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds + millis / 1000
-
-
-def _duration(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> float | None:
-    value = _scalar(node)
-    try:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
-    except (ValueError, TypeError):
-        errors.add(node, where, f"expected a duration like 10s, 1m30s or 500ms, got {_kind(node)}")
-        return None
-    if seconds <= 0:
-        errors.add(node, where, f"expected a positive duration, got {_kind(node)}")
-        return None
-    return seconds
-
-
-def _typed(kind: type, what: str) -> Parser:
-    def parse(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> Any:
-        value = _scalar(node)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            errors.add(node, where, f"expected {what}, got {_kind(node)}")
-            return None
-        return value
-
-    return parse
-
-
-def _choice(choices: tuple[str, ...]) -> Parser:
-    def parse(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> Any:
-        value = _scalar(node)
-        if value not in choices:
-            errors.add(node, where, f"expected one of {', '.join(choices)}, got {_kind(node)}")
-            return None
-        return value
-
-    return parse
-
-
-def _output(node: yaml.Node, where: str, errors: _Errors, base: Path) -> str | None:
-    value = _typed(str, "a file path")(node, where, errors, base)
+def _output(node: yaml.Node, where: str, errors: Errors, base: Path) -> str | None:
+    value = typed(str, "a file path")(node, where, errors, base)
     if value is not None and not value.endswith(".prom"):
         errors.add(
             node,
@@ -255,39 +172,20 @@ def _output(node: yaml.Node, where: str, errors: _Errors, base: Path) -> str | N
     return None if value is None else str(base / value)
 
 
-def _readable_file(node: yaml.Node, where: str, errors: _Errors, base: Path) -> str | None:
-    value = _typed(str, "a file path")(node, where, errors, base)
-    if value is None:
-        return None
-    path = base / value
-    try:
-        # Non-blocking: a FIFO named by mistake must not hang the load.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        os.close(fd)
-    except OSError as exc:
-        errors.add(node, where, f"expected a readable file, got {str(path)!r}: {exc.strerror}")
-        return None
-    if not regular:
-        errors.add(node, where, f"expected a regular file, got {str(path)!r}")
-        return None
-    return str(path)
-
-
-def _tls_version(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> TlsVersion | None:
-    value = _scalar(node)
+def _tls_version(node: yaml.Node, where: str, errors: Errors, _base: Path) -> TlsVersion | None:
+    value = scalar(node)
     if value is None:
         return None
     version = _VERSION_NAMES.get(str(value).upper())
     if version is None:
-        errors.add(node, where, f"expected one of TLS1.0, TLS1.1, TLS1.2, TLS1.3, got {_kind(node)}")
+        errors.add(node, where, f"expected one of TLS1.0, TLS1.1, TLS1.2, TLS1.3, got {kind(node)}")
     return version
 
 
-def _labels(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> dict[str, str]:
+def _labels(node: yaml.Node, where: str, errors: Errors, _base: Path) -> dict[str, str]:
     labels: dict[str, str] = {}
-    for key, value_node in _mapping(node, where, errors):
-        value = _scalar(value_node)
+    for key, value_node in mapping(node, where, errors):
+        value = scalar(value_node)
         if not _LABEL_NAME.match(key) or key.startswith("__"):
             errors.add(
                 value_node,
@@ -301,14 +199,14 @@ def _labels(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> dict[s
                 "this label name is used by textfile-probe's own series; choose another",
             )
         elif not isinstance(value, str | int | float | bool):
-            errors.add(value_node, f"{where}.{key}", f"expected a string, got {_kind(value_node)}")
+            errors.add(value_node, f"{where}.{key}", f"expected a string, got {kind(value_node)}")
         else:
             labels[key] = str(value).lower() if isinstance(value, bool) else str(value)
     return labels
 
 
-def _address(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> tuple[str, int] | None:
-    value = _scalar(node)
+def _address(node: yaml.Node, where: str, errors: Errors, _base: Path) -> tuple[str, int] | None:
+    value = scalar(node)
     text = str(value) if isinstance(value, str) else ""
     match = re.match(r"^(?:\[([0-9A-Fa-f:.%\w]+)\]|([^\[\]:\s]+)):(\d{1,5})$", text)
     port = int(match.group(3)) if match else 0
@@ -316,7 +214,7 @@ def _address(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> tuple
         errors.add(
             node,
             where,
-            f"expected host:port or [ipv6]:port with a port from 1 to 65535, got {_kind(node)}",
+            f"expected host:port or [ipv6]:port with a port from 1 to 65535, got {kind(node)}",
         )
         return None
     host = match.group(1) or match.group(2)
@@ -329,19 +227,19 @@ def _address(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> tuple
     return host, port
 
 
-def _password(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> str | None:
-    value = _scalar(node)
+def _password(node: yaml.Node, where: str, errors: Errors, _base: Path) -> str | None:
+    value = scalar(node)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        errors.add(node, where, f"expected a password string, got {_kind(node)}")
+        errors.add(node, where, f"expected a password string, got {kind(node)}")
         return None
     errors.warn(node, where, "a password written in the config file; prefer password_file or password_env")
     return str(value)
 
 
-def _env_name(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> str | None:
-    value = _scalar(node)
+def _env_name(node: yaml.Node, where: str, errors: Errors, _base: Path) -> str | None:
+    value = scalar(node)
     if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-        errors.add(node, where, f"expected an environment variable name, got {_kind(node)}")
+        errors.add(node, where, f"expected an environment variable name, got {kind(node)}")
         return None
     if value not in os.environ:
         errors.warn(node, where, f"the environment variable {value} is not set here")
@@ -349,12 +247,12 @@ def _env_name(node: yaml.Node, where: str, errors: _Errors, _base: Path) -> str 
 
 
 _STORE_PARSERS: dict[str, Parser] = {
-    "path": _typed(str, "a file path"),
-    "format": _choice(STORE_FORMATS),
-    "password_file": _readable_file,
+    "path": typed(str, "a file path"),
+    "format": choice(STORE_FORMATS),
+    "password_file": readable_file,
     "password_env": _env_name,
     "password": _password,
-    "alias": _typed(str, "an alias"),
+    "alias": typed(str, "an alias"),
     "labels": _labels,
 }
 _PASSWORD_SOURCES = ("password_file", "password_env", "password")
@@ -364,12 +262,12 @@ def _store(pattern_ok: bool) -> Parser:
     """A store: a bare path, or a mapping of _STORE_PARSERS keys. Files need not exist yet: a
     missing one is reported by the file read status, not refused, so a node being set up runs."""
 
-    def parse(node: yaml.Node, where: str, errors: _Errors, base: Path) -> StoreSpec | None:
+    def parse(node: yaml.Node, where: str, errors: Errors, base: Path) -> StoreSpec | None:
         if isinstance(node, yaml.ScalarNode):
             nodes: dict[str, yaml.Node] = {}
-            values = {"path": _typed(str, "a file path or a mapping with 'path'")(node, where, errors, base)}
+            values = {"path": typed(str, "a file path or a mapping with 'path'")(node, where, errors, base)}
         else:
-            values, nodes = _fields(node, where, _STORE_PARSERS, errors, base)
+            values, nodes = fields(node, where, _STORE_PARSERS, errors, base)
             if isinstance(node, yaml.MappingNode) and "path" not in values:
                 errors.add(node, where, "missing required key 'path'")
         if values.get("path") is None:
@@ -388,19 +286,19 @@ def _store(pattern_ok: bool) -> Parser:
 
 _GLOBAL_PARSERS: dict[str, Parser] = {
     "output": _output,
-    "interval": _duration,
-    "timeout": _duration,
-    "concurrency": _typed(int, "a whole number"),
-    "log_level": _choice(LOG_LEVELS),
+    "interval": duration,
+    "timeout": duration,
+    "concurrency": typed(int, "a whole number"),
+    "log_level": choice(LOG_LEVELS),
 }
 
 _DEFAULTS_PARSERS: dict[str, Parser] = {
-    "verify": _typed(bool, "true or false"),
-    "verify_hostname": _typed(bool, "true or false"),
-    "ca_file": _readable_file,
-    "client_cert": _readable_file,
-    "client_key": _readable_file,
-    "ip_protocol": _choice(IP_PROTOCOLS),
+    "verify": typed(bool, "true or false"),
+    "verify_hostname": typed(bool, "true or false"),
+    "ca_file": readable_file,
+    "client_cert": readable_file,
+    "client_key": readable_file,
+    "ip_protocol": choice(IP_PROTOCOLS),
     "labels": _labels,
     "min_version": _tls_version,
     "max_version": _tls_version,
@@ -411,38 +309,19 @@ _DEFAULTS_PARSERS: dict[str, Parser] = {
 _TARGET_PARSERS: dict[str, Parser] = {
     "keystore": _store(pattern_ok=False),
     "address": _address,
-    "name": _typed(str, "a non-empty string"),
-    "server_name": _typed(str, "a host name"),
-    "starttls": _choice(STARTTLS_CHOICES),
-    "timeout": _duration,
-    "interval": _duration,
+    "name": typed(str, "a non-empty string"),
+    "server_name": typed(str, "a host name"),
+    "starttls": choice(STARTTLS_CHOICES),
+    "timeout": duration,
+    "interval": duration,
     **_DEFAULTS_PARSERS,
 }
 
 
-def _fields(
-    node: yaml.Node, where: str, parsers: dict[str, Parser], errors: _Errors, base: Path
-) -> tuple[dict[str, Any], dict[str, yaml.Node]]:
-    """Parse a mapping with a fixed set of keys; return values and their nodes (for locations)."""
-    values: dict[str, Any] = {}
-    nodes: dict[str, yaml.Node] = {}
-    for key, value_node in _mapping(node, where, errors):
-        path = f"{where}.{key}" if where else key
-        parser = parsers.get(key)
-        if parser is None:
-            errors.add(value_node, path, f"unknown key; expected one of {', '.join(sorted(parsers))}")
-            continue
-        value = parser(value_node, path, errors, base)
-        if value is not None:
-            values[key] = value
-            nodes[key] = value_node
-    return values, nodes
-
-
-def _target(node: yaml.Node, where: str, common: dict[str, Any], errors: _Errors, base: Path) -> Target | None:
-    values, nodes = _fields(node, where, _TARGET_PARSERS, errors, base)
+def _target(node: yaml.Node, where: str, common: dict[str, Any], errors: Errors, base: Path) -> Target | None:
+    values, nodes = fields(node, where, _TARGET_PARSERS, errors, base)
     if "address" not in values:
-        given = isinstance(node, yaml.MappingNode) and any(_scalar(k) == "address" for k, _ in node.value)
+        given = isinstance(node, yaml.MappingNode) and any(scalar(k) == "address" for k, _ in node.value)
         if isinstance(node, yaml.MappingNode) and not given:
             errors.add(node, where, "missing required key 'address' (host:port)")
         return None
@@ -484,7 +363,7 @@ def _target(node: yaml.Node, where: str, common: dict[str, Any], errors: _Errors
 
 def parse(text: str, path: str = "<config>") -> Config:
     """Validate YAML text into a Config; raise ConfigError listing every problem found."""
-    errors = _Errors(path)
+    errors = Errors(path)
     base = Path(path).parent if path != "<config>" else Path.cwd()
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -502,21 +381,21 @@ def parse(text: str, path: str = "<config>") -> Config:
         "files": lambda n, w, e, b: n,
         "discover": lambda n, w, e, b: n,
     }
-    values, _ = _fields(root, "", top_parsers, errors, base)
+    values, _ = fields(root, "", top_parsers, errors, base)
     settings = {**GLOBAL_DEFAULTS, **{k: v for k, v in values.items() if k in _GLOBAL_PARSERS}}
     if not 1 <= settings["concurrency"] <= 100_000:
         errors.add(root, "concurrency", "expected a whole number from 1 to 100000")
 
     common = {**TARGET_DEFAULTS, "timeout": settings["timeout"], "interval": settings["interval"]}
     if "defaults" in values:
-        defaults, _ = _fields(values["defaults"], "defaults", _DEFAULTS_PARSERS, errors, base)
+        defaults, _ = fields(values["defaults"], "defaults", _DEFAULTS_PARSERS, errors, base)
         common.update(defaults)
 
     targets: list[Target] = []
     first_seen: dict[str, int] = {}
     targets_node = values.get("targets")
     if targets_node is not None and not isinstance(targets_node, yaml.SequenceNode):
-        errors.add(targets_node, "targets", f"expected a list of targets, got {_kind(targets_node)}")
+        errors.add(targets_node, "targets", f"expected a list of targets, got {kind(targets_node)}")
     elif targets_node is not None:
         for index, item in enumerate(targets_node.value):
             target = _target(item, f"targets[{index}]", common, errors, base)
@@ -553,11 +432,11 @@ def parse(text: str, path: str = "<config>") -> Config:
     )
 
 
-def _files(node: yaml.Node | None, errors: _Errors, base: Path) -> list[StoreSpec]:
+def _files(node: yaml.Node | None, errors: Errors, base: Path) -> list[StoreSpec]:
     if node is None:
         return []
     if not isinstance(node, yaml.SequenceNode):
-        errors.add(node, "files", f"expected a list of files, globs or directories, got {_kind(node)}")
+        errors.add(node, "files", f"expected a list of files, globs or directories, got {kind(node)}")
         return []
     parse_one = _store(pattern_ok=True)
     return [spec for i, item in enumerate(node.value) if (spec := parse_one(item, f"files[{i}]", errors, base))]
@@ -583,24 +462,24 @@ def _watched(files: list[StoreSpec], targets: list[Target]) -> tuple[StoreSpec, 
     return tuple(by_path.values())
 
 
-def _discover(node: yaml.Node | None, common: dict[str, Any], errors: _Errors, base: Path) -> list[Target | StoreSpec]:
+def _discover(node: yaml.Node | None, common: dict[str, Any], errors: Errors, base: Path) -> list[Target | StoreSpec]:
     """Targets and files derived from products' own config files (see discover/)."""
     if node is None:
         return []
     from . import discover  # discover builds Targets, so it imports this module
 
     found: list[Target | StoreSpec] = []
-    for product, value_node in _mapping(node, "discover", errors):
+    for product, value_node in mapping(node, "discover", errors):
         where = f"discover.{product}"
         if product not in discover.PRODUCTS:
             errors.add(value_node, where, f"unknown product; expected one of {', '.join(sorted(discover.PRODUCTS))}")
             continue
         options: dict[str, Any]
         if isinstance(value_node, yaml.ScalarNode):
-            options = {"path": _readable_file(value_node, where, errors, base)}
+            options = {"path": readable_file(value_node, where, errors, base)}
         else:
-            options, _ = _fields(value_node, where, _DISCOVER_PARSERS, errors, base)
-            given = isinstance(value_node, yaml.MappingNode) and any(_scalar(k) == "path" for k, _ in value_node.value)
+            options, _ = fields(value_node, where, _DISCOVER_PARSERS, errors, base)
+            given = isinstance(value_node, yaml.MappingNode) and any(scalar(k) == "path" for k, _ in value_node.value)
             if isinstance(value_node, yaml.MappingNode) and not given:
                 errors.add(value_node, where, f"missing required key 'path' (of {product}'s config file)")
         if options.get("path") is None:
@@ -631,8 +510,8 @@ def _discovered_target(common: dict[str, Any], labels: dict[str, str], values: d
 
 
 _DISCOVER_PARSERS: dict[str, Parser] = {
-    "path": _readable_file,
-    "address": _typed(str, "a host name or IP address to probe instead of the one the file gives"),
+    "path": readable_file,
+    "address": typed(str, "a host name or IP address to probe instead of the one the file gives"),
     "labels": _labels,
 }
 

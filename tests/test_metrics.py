@@ -20,7 +20,7 @@ from textfile_probe.errors import Stage
 from textfile_probe.files import FileResult
 from textfile_probe.metrics import Health, clean, render
 from textfile_probe.probe import ProbeResult
-from textfile_probe.stores import KEY_ENTRY, TRUSTED_ENTRY, StoreCert
+from textfile_probe.stores import CERT_ENTRY, KEY_ENTRY, TRUSTED_ENTRY, StoreCert
 
 
 def cert(cn: str, not_after: float, *, issuer: str = "CA", subject: str | None = None) -> CertInfo:
@@ -202,12 +202,15 @@ def test_removed_target_disappears() -> None:
 
 
 def test_sliced_rendering_equals_one_registry_per_family(monkeypatch: pytest.MonkeyPatch) -> None:
-    many = [replace(OK, target=replace(TARGET, name=f"t{i}")) for i in range(7)]
+    many = [replace(OK, target=replace(TARGET, name=f"t{i}", keystore=StoreSpec("/ks.pem"))) for i in range(7)]
+    files = [_file("/ks.pem", (StoreCert("", CERT_ENTRY, 0, b""), LEAF), format="pem", leaves=frozenset({"db1-fp"}))]
+    health = Health(cycle_duration=1.0, last_cycle_end=2.0, config_ok=True, config_loaded_at=3.0)
     monkeypatch.setattr(metrics, "SLICE", 3)
-    sliced = render(many, None)
+    # Sliced target families, the files' cached text, the match and the health, as the daemon writes them.
+    sliced = b"".join(metrics.render_chunks(many, health, None, files, metrics.FileText()))
     # The same samples, each family whole in one fresh registry: what an unsliced render writes.
     merged: dict[str, Metric] = {}
-    for family in metrics.families(many, None):
+    for family in metrics.families(many, health, None, files):
         merged.setdefault(family.name, GaugeMetricFamily(family.name, family.documentation)).samples.extend(
             family.samples
         )
@@ -219,6 +222,8 @@ def test_sliced_rendering_equals_one_registry_per_family(monkeypatch: pytest.Mon
     assert sliced == whole
     assert sliced.count(b"# TYPE probe_success gauge\n") == 1
     assert sliced.count(b"probe_success{") == 7
+    assert sliced.count(b"textfile_probe_served_cert_matches_file{") == 7
+    assert b"textfile_probe_files 1.0\n" in sliced
 
 
 def _file(path: str, *certs: tuple[StoreCert, CertInfo], reason: str = "ok", **kw: object) -> FileResult:

@@ -45,6 +45,14 @@ def _stamp(st: os.stat_result) -> Stamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def stamp_of(path: str) -> Stamp | int:
+    """What identifies a file's current contents without reading it; the errno if it cannot be stat()ed."""
+    try:
+        return _stamp(os.stat(path))
+    except OSError as exc:
+        return exc.errno or 0
+
+
 def _reason(exc: OSError) -> str:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return "not_found"
@@ -79,10 +87,7 @@ def _password_stamp(spec: StoreSpec) -> object:
     """What must stay the same for a cached read to stay valid, as far as the password goes."""
     if spec.password_file is None:
         return os.environ.get(spec.password_env) if spec.password_env else None
-    try:
-        return _stamp(os.stat(spec.password_file))
-    except OSError as exc:
-        return exc.errno
+    return stamp_of(spec.password_file)
 
 
 class _ReadError(Exception):
@@ -123,7 +128,7 @@ def read_file(path: str, spec: StoreSpec) -> FileResult:
         return FileResult(path, spec, exc.reason, exc.detail, modified=exc.modified)
     fmt = spec.format if spec.format != "auto" else sniff(data)
     try:
-        store = read(data, password_of(spec), spec.format)
+        store = read(data, password_of(spec), fmt)
     except PasswordError as exc:
         return FileResult(path, spec, "password_unavailable", str(exc), fmt, modified=st.st_mtime)
     except StoreError as exc:

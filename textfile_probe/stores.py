@@ -81,7 +81,7 @@ def sniff(data: bytes) -> str:
 def read(data: bytes, password: str | None, fmt: str = "auto") -> Store:
     """Parse a certificate file or keystore; raise StoreError with a read reason."""
     kind = sniff(data) if fmt == "auto" else fmt
-    reader = _READERS.get(kind)
+    reader = _READERS.get(kind)  # "" (sniffed as nothing we know) has none
     if reader is None:
         raise StoreError("unsupported_format", "not PEM, DER, PKCS#12, JKS or JCEKS")
     return Store(kind, tuple(reader(data, password)))

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass, field
 
@@ -71,16 +70,8 @@ class TlsSettings:
             target.max_version,
             target.truststore,
             target.client_keystore,
-            tuple(_file_stamp(p) for p in paths),
+            tuple(files.stamp_of(p) for p in paths),
         )
-
-
-def _file_stamp(path: str) -> object:
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return exc.errno
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +155,10 @@ def context_for(settings: TlsSettings) -> SSL.Context:
 
 def _trust_store(ctx: SSL.Context, spec: StoreSpec) -> None:
     read = files.read_file(spec.path, spec)
-    if not read.ok or not read.certs:
-        detail = f"{spec.path}: {read.reason}" + (f": {read.detail}" if read.detail else "")
-        raise ProbeError(Stage.SETUP, "bad_truststore", detail if read.certs or not read.ok else f"{spec.path}: empty")
+    if not read.ok:
+        raise ProbeError(Stage.SETUP, "bad_truststore", f"{spec.path}: {read.reason}: {read.detail}")
+    if not read.certs:
+        raise ProbeError(Stage.SETUP, "bad_truststore", f"{spec.path}: holds no certificate")
     store = ctx.get_cert_store()
     assert store is not None  # a client context always has one
     for entry, _info in read.certs:

@@ -153,7 +153,8 @@ def _native(
     if truststore is None:  # the node's own trust anchors, if the client side names none
         truststore = _store(doc, home, "server_encryption_options", "truststore")
     client_auth = doc.get(f"{section}.require_client_auth", (bool, str), False) in (True, "true", "required")
-    target = _target("cassandra/native", host, port, server_name, doc, section, keystore, truststore, client_auth)
+    check_name = doc.get(f"{section}.require_endpoint_verification", bool, False)
+    target = _target("cassandra/native", host, port, server_name, check_name, keystore, truststore, client_auth)
     return target, [keystore, truststore]
 
 
@@ -184,8 +185,9 @@ def _internode(
     outbound = _store(doc, home, section, "outbound_keystore") or keystore
     client_auth = doc.get(f"{section}.require_client_auth", (bool, str), False) in (True, "true", "required")
     stores = [keystore, truststore, outbound if client_auth else None]
+    check_name = doc.get(f"{section}.require_endpoint_verification", bool, False)
     return [
-        (_target(name, host, port, server_name, doc, section, keystore, truststore, client_auth, outbound), stores)
+        (_target(name, host, port, server_name, check_name, keystore, truststore, client_auth, outbound), stores)
         for name, port in ports
         if port is not None
     ]
@@ -196,8 +198,7 @@ def _target(
     host: str,
     port: int | None,
     server_name: str | None,
-    doc: _Yaml,
-    section: str,
+    check_name: bool,
     keystore: StoreSpec | None,
     truststore: StoreSpec | None,
     client_auth: bool,
@@ -209,7 +210,7 @@ def _target(
         "port": port,
         "server_name": server_name or host,
         "starttls": "none",
-        "verify_hostname": doc.get(f"{section}.require_endpoint_verification", bool, False),
+        "verify_hostname": check_name,
         "truststore": truststore,
         "keystore": keystore,
         "client_keystore": (client or keystore) if client_auth else None,
